@@ -1,0 +1,1 @@
+"""Networks used by m2es: Inception I3D feature extractor and IAENet spotter."""

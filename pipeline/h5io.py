@@ -1,0 +1,118 @@
+"""HDF5 I/O shared by the per-video stages: atomic writes and completeness checks.
+
+A stage writes ``<video>.h5`` under a temporary name in the same directory and renames
+it only after the file is closed, so a killed or failed write never leaves a file with
+the final name. Each file records the digest of what produced it (params and inputs)
+in the attribute ``m2es_digest``; a rerun skips a video whose file is complete and
+carries the same digest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+DIGEST_ATTR = "m2es_digest"
+PARAMS_ATTR = "m2es_params"
+COMPLETE_ATTR = "m2es_complete"
+TMP_SUFFIX = ".partial"
+
+
+def _attr_value(value: Any) -> Any:
+    """Convert a Python value to something h5py stores as an attribute."""
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list, tuple)) and not (
+        isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value)
+    ):
+        return json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    """Write a mapping of attributes (nested values stored as JSON strings)."""
+    for key, value in attrs.items():
+        obj.attrs[key] = _attr_value(value)
+
+
+def read_attr_json(obj: h5py.HLObject, key: str, default: Any = None) -> Any:
+    """Read an attribute written by :func:`write_attrs`, decoding JSON strings."""
+    if key not in obj.attrs:
+        return default
+    value = obj.attrs[key]
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@contextmanager
+def atomic_h5(path: str | Path, digest: str, params: Mapping[str, Any] | None = None) -> Iterator[h5py.File]:
+    """Open a temporary HDF5 file for writing; on success mark it complete and rename to ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+            f.attrs[DIGEST_ATTR] = digest
+            f.attrs[PARAMS_ATTR] = json.dumps(dict(params or {}), sort_keys=True, default=str)
+            f.attrs[COMPLETE_ATTR] = True
+        with open(tmp, "rb+") as fh:  # make the bytes durable before the rename publishes them
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_digest(path: str | Path) -> str | None:
+    """The ``m2es_digest`` of a complete file, or None if missing, incomplete or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get(COMPLETE_ATTR, False)):
+                return None
+            value = f.attrs.get(DIGEST_ATTR)
+            return value.decode() if isinstance(value, bytes) else value
+    except (OSError, KeyError):
+        return None
+
+
+def is_complete(path: str | Path, digest: str) -> bool:
+    """True when ``path`` is a complete file made with exactly ``digest``."""
+    return file_digest(path) == digest
+
+
+def remove_partials(directory: str | Path) -> int:
+    """Delete leftover temporary files from interrupted writes; return how many."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    n = 0
+    for tmp in directory.glob(f".*{TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n

@@ -1,0 +1,55 @@
+"""Where each stage reads and writes, for one dataset (all under the repository's ``data/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Output locations of every stage for dataset ``name`` below ``root`` (default ``data``)."""
+
+    name: str
+    root: Path = Path("data")
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root) / self.name
+
+    @property
+    def ingest(self) -> Path:
+        return self.base / "ingest"
+
+    @property
+    def resample(self) -> Path:
+        return self.base / "resample"
+
+    @property
+    def faces(self) -> Path:
+        return self.base / "faces"
+
+    @property
+    def flow(self) -> Path:
+        return self.base / "flow"
+
+    @property
+    def features(self) -> Path:
+        return self.base / "features"
+
+    @property
+    def runs(self) -> Path:
+        return self.base / "runs"
+
+    @property
+    def evaluate(self) -> Path:
+        return self.base / "evaluate"
+
+    def h5(self, stage_dir: Path, video: str) -> Path:
+        """The per-video HDF5 file of a stage directory (``faces``, ``flow``, ``features``)."""
+        return Path(stage_dir) / f"{video}.h5"
+
+
+def metrics_path(name: str) -> Path:
+    """The DVC metrics file of dataset ``name``."""
+    return Path("metrics") / f"{name}.json"

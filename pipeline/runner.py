@@ -1,0 +1,151 @@
+"""The run-many-videos helper: map a per-video function over videos, resumably.
+
+* joblib with a configurable backend: ``loky`` (processes, default), ``threading``
+  (work that releases the GIL), or ``dask`` against a ``distributed`` scheduler
+  (``parallel.address``; a local cluster when none is given);
+* a tqdm progress bar;
+* per-video resumability: a task whose output file is complete and was made with the
+  same digest is skipped (see :mod:`pipeline.h5io`; the function itself must write its
+  output through :func:`pipeline.h5io.atomic_h5` with ``task.digest``);
+* error collection: other videos go on, and :class:`~pipeline.errors.StageFailed`
+  lists every failed video with its reason (``fail_fast`` stops at the first).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from joblib import Parallel, delayed, parallel_config
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, M2esError, StageFailed
+from .h5io import is_complete
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("loky", "threading", "dask", "sequential")
+
+
+@dataclass
+class VideoTask:
+    """One unit of per-video work.
+
+    ``output`` is the file the function writes (None: never skipped); ``digest`` the
+    identity of params and inputs that the output must carry to count as done;
+    ``payload`` whatever else the function needs (must pickle for process backends).
+    """
+
+    video: str
+    output: Path | None
+    digest: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParallelConfig:
+    """How to spread videos: from ``params.yaml: parallel``."""
+
+    backend: str = "loky"
+    n_jobs: int = -1
+    address: str | None = None
+    fail_fast: bool = False
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None, **overrides: Any) -> "ParallelConfig":
+        """Build from the ``parallel`` params section; keyword overrides win when not None."""
+        section = dict(section or {})
+        section.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(
+            backend=str(section.get("backend", "loky")),
+            n_jobs=int(section.get("n_jobs", -1)),
+            address=section.get("address") or None,
+            fail_fast=bool(section.get("fail_fast", False)),
+        )
+        if cfg.backend not in BACKENDS:
+            raise ConfigError(f"params.yaml: parallel.backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}.")
+        return cfg
+
+
+def pending(tasks: Iterable[VideoTask]) -> tuple[list[VideoTask], list[VideoTask]]:
+    """Split tasks into (to run, already complete with the same digest)."""
+    todo, done = [], []
+    for task in tasks:
+        if task.output is not None and is_complete(task.output, task.digest):
+            done.append(task)
+        else:
+            todo.append(task)
+    return todo, done
+
+
+def _guarded(func: Callable[[VideoTask], Any], task: VideoTask) -> tuple[str, bool, Any]:
+    """Run ``func(task)`` and turn any exception into a one-line reason."""
+    try:
+        return task.video, True, func(task)
+    except M2esError as exc:
+        return task.video, False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported per video, never swallowed silently
+        detail = traceback.format_exc(limit=3)
+        logging.getLogger(__name__).debug("%s failed:\n%s", task.video, detail)
+        return task.video, False, f"{type(exc).__name__}: {exc}"
+
+
+def map_videos(
+    func: Callable[[VideoTask], Any],
+    tasks: Sequence[VideoTask],
+    *,
+    stage: str,
+    parallel: ParallelConfig | None = None,
+) -> dict[str, Any]:
+    """Run ``func`` on every task not already complete; return {video: result} of the runs.
+
+    Raises :class:`StageFailed` after all tasks ran (or at the first failure with
+    ``fail_fast``) when any video failed; outputs of the others are kept.
+    """
+    cfg = parallel or ParallelConfig()
+    todo, done = pending(tasks)
+    if done:
+        log.info("%s: %d of %d videos already complete, skipped", stage, len(done), len(tasks))
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    if not todo:
+        return results
+
+    with ExitStack() as stack:
+        if cfg.backend == "sequential" or cfg.n_jobs == 1 and cfg.backend != "dask":
+            outcomes: Iterable[tuple[str, bool, Any]] = (_guarded(func, t) for t in todo)
+        else:
+            if cfg.backend == "dask":
+                stack.enter_context(_dask_client(cfg.address))
+            stack.enter_context(parallel_config(backend=cfg.backend, n_jobs=cfg.n_jobs))
+            outcomes = Parallel(return_as="generator_unordered")(delayed(_guarded)(func, t) for t in todo)
+        bar = stack.enter_context(tqdm(total=len(todo), desc=stage, unit="video"))
+        for video, ok, value in outcomes:
+            bar.update(1)
+            if ok:
+                results[video] = value
+                continue
+            failures[video] = value
+            log.error("%s: %s failed: %s", stage, video, value)
+            if cfg.fail_fast:
+                break
+    if failures:
+        raise StageFailed(stage, failures)
+    return results
+
+
+def _dask_client(address: str | None):
+    """A ``distributed`` client for the joblib dask backend (local cluster if no address)."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ConfigError(
+            "parallel.backend is 'dask' but dask.distributed is not installed: pip install -e '.[distributed]'."
+        ) from exc
+    if address:
+        return Client(address)
+    return Client(LocalCluster(processes=True, threads_per_worker=1))
