@@ -141,11 +141,13 @@ def map_videos(
 def _dask_client(address: str | None):
     """A ``distributed`` client for the joblib dask backend (local cluster if no address)."""
     try:
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
     except ImportError as exc:
         raise ConfigError(
             "parallel.backend is 'dask' but dask.distributed is not installed: pip install -e '.[distributed]'."
         ) from exc
     if address:
         return Client(address)
-    return Client(LocalCluster(processes=True, threads_per_worker=1))
+    # Client(...) without an address starts and owns a LocalCluster, closed with the client;
+    # Client(LocalCluster(...)) would leave the cluster's processes running after the stage.
+    return Client(processes=True, threads_per_worker=1)

@@ -1,0 +1,184 @@
+"""Stage ``ingest``: a dataset in its own layout -> ``videos.csv``, ``annotations.csv``, ``frames.csv``.
+
+``python -m pipeline.ingest --dataset NAME`` reads the preset (layout, root, frames_dir,
+annotation_file, source_fps, color), lets the layout reader parse the annotation file
+and find the videos (:mod:`pipeline.layouts`), lists and checks every video's frames
+(:mod:`pipeline.layouts.common`: numbering gaps, empty files, a decoded sample), and
+writes the three tables under ``data/<ds>/ingest/``. Onset/apex/offset are 0-based
+positions in the source sequence; ``source_*`` keep the dataset's numbers.
+
+Interval rules (counted and logged):
+
+* an onset before the first frame is clipped to it;
+* an interval ending past the last frame, or with offset before onset, is skipped
+  (``ingest.invalid_intervals: skip``, the published SAMM-LV handling) or stops the
+  stage (``error``);
+* a missing apex, or one outside [onset, offset], becomes the interval's midpoint;
+* duplicate rows (same video, type, onset, apex, offset) are kept once.
+
+Nothing is written unless every video and every row passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+from .layouts import get_reader
+from .layouts.common import (DEFAULT_IMAGE_EXTENSIONS, LayoutData, check_contiguous, check_images,
+                             count_video_file, dataset_root, is_color, list_frames)
+from .runner import VideoTask, map_videos
+from .stage import StageContext, stage_main
+from .tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, VIDEO_COLUMNS, write_table
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("skip", "error")
+
+
+def scan_video(task: VideoTask) -> dict[str, Any]:
+    """List and check one video's frames (payload: source, kind, extensions, decode_sample).
+
+    Returns ``numbers`` (the dataset's frame numbers in order), ``paths`` (empty strings
+    for video files), ``color`` (from the decoded sample).
+    """
+    p = task.payload
+    if p["kind"] == "file":
+        n, images = count_video_file(p["source"], task.video, int(p["decode_sample"]))
+        numbers = np.arange(n, dtype=np.int64)
+        paths = [""] * n
+    else:
+        numbers, paths, sizes = list_frames(p["source"], p["extensions"], task.video)
+        check_contiguous(numbers, p["source"], task.video)
+        images = check_images(paths, sizes, task.video, int(p["decode_sample"]))
+    return {"numbers": numbers, "paths": paths, "color": any(is_color(im) for im in images)}
+
+
+def locate_intervals(rows: pd.DataFrame, spans: Mapping[str, tuple[int, int]], policy: str = "skip",
+                     annotation_file: str | Path = "") -> pd.DataFrame:
+    """Turn raw rows (dataset numbers) into ``annotations.csv`` rows with 0-based positions.
+
+    ``spans`` maps a video to (first, last) frame number; frame numbers are contiguous,
+    so the position of number ``f`` is ``f - first``. See the module docstring for
+    the rules; ``policy`` is ``skip`` or ``error`` for intervals past the end or reversed.
+    """
+    if policy not in POLICIES:
+        raise ConfigError(f"params.yaml: ingest.invalid_intervals '{policy}' is not one of {', '.join(POLICIES)}.")
+    out: list[dict[str, Any]] = []
+    bad: list[str] = []
+    clipped = apex_fixed = 0
+    for r in rows.to_dict("records"):
+        first, last = spans[r["video"]]
+        onset, apex, offset = r["source_onset"], r["source_apex"], r["source_offset"]
+        if offset < onset:
+            bad.append(f"{r['origin']}: video {r['video']} interval {onset:.0f}..{offset:.0f} is reversed "
+                       "(offset before onset)")
+            continue
+        if offset < first:
+            bad.append(f"{r['origin']}: video {r['video']} interval {onset:.0f}..{offset:.0f} ends before the "
+                       f"video's first frame {first}")
+            continue
+        if offset > last or onset > last:
+            bad.append(f"{r['origin']}: video {r['video']} interval {onset:.0f}..{offset:.0f} ends past the "
+                       f"video's last frame {last}")
+            continue
+        if onset < first:
+            onset = first
+            clipped += 1
+        if np.isnan(apex) or not onset <= apex <= offset:
+            apex = onset + (offset - onset) // 2
+            apex_fixed += 1
+        onset, apex, offset = int(onset), int(apex), int(offset)
+        out.append({"video": r["video"], "subject": r["subject"], "onset": onset - first, "apex": apex - first,
+                    "offset": offset - first, "type": r["type"], "source_onset": onset, "source_apex": apex,
+                    "source_offset": offset})
+    if bad:
+        if policy == "error":
+            raise InputError(f"{annotation_file}: {len(bad)} invalid interval(s):\n  " + "\n  ".join(bad)
+                             + "\nFix or delete these rows, or set ingest.invalid_intervals: skip in params.yaml.")
+        for line in bad:
+            log.warning("%s; skipped", line)
+        log.warning("%s: %d invalid interval(s) skipped (ingest.invalid_intervals: skip)", annotation_file, len(bad))
+    if clipped:
+        log.warning("%s: %d onset(s) before the video's first frame clipped to it", annotation_file, clipped)
+    if apex_fixed:
+        log.info("%s: %d missing or out-of-interval apex(es) set to the interval midpoint", annotation_file,
+                 apex_fixed)
+    table = pd.DataFrame.from_records(out, columns=ANNOTATION_COLUMNS)
+    key = ["video", "type", "source_onset", "source_apex", "source_offset"]
+    dup = table.duplicated(key)
+    if dup.any():
+        for r in table[dup].to_dict("records"):
+            log.warning("%s: duplicate annotation of video %s (%s %d..%d) dropped", annotation_file, r["video"],
+                        r["type"], r["source_onset"], r["source_offset"])
+        log.warning("%s: %d duplicate row(s) dropped", annotation_file, int(dup.sum()))
+        table = table[~dup]
+    return table.sort_values(["video", "onset", "offset", "type"], kind="stable").reset_index(drop=True)
+
+
+def build_tables(data: LayoutData, scans: Mapping[str, dict[str, Any]], fps: float, color: bool | None,
+                 policy: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(videos, annotations, frames) tables from a layout's data and the per-video scans."""
+    entries = sorted((e for e in data.videos if e.video in scans), key=lambda e: e.video)
+    videos = pd.DataFrame.from_records([
+        {"video": e.video, "subject": e.subject, "fps": fps, "n_frames": len(scans[e.video]["numbers"]),
+         "source": e.source, "kind": e.kind,
+         "color": int(scans[e.video]["color"] if color is None else bool(color))}
+        for e in entries], columns=VIDEO_COLUMNS)
+    parts = []
+    for e in entries:
+        s = scans[e.video]
+        n = len(s["numbers"])
+        parts.append(pd.DataFrame({"video": e.video, "frame": np.arange(n, dtype=np.int64),
+                                   "source_frame": s["numbers"], "path": s["paths"]}))
+    frames = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FRAME_COLUMNS)
+    spans = {e.video: (int(scans[e.video]["numbers"][0]), int(scans[e.video]["numbers"][-1])) for e in entries}
+    annotations = locate_intervals(data.rows[data.rows["video"].isin(spans)], spans, policy, data.annotation_file)
+    return videos, annotations, frames
+
+
+def run(ctx: StageContext) -> None:
+    """Ingest the dataset of ``ctx`` into ``data/<ds>/ingest/``."""
+    p = ctx.section()
+    preset = ctx.dataset
+    if "source_fps" not in preset:
+        raise ConfigError(f"configs/datasets/{ctx.name}.yaml: missing key 'source_fps' (the frame rate of the "
+                          "dataset's videos).")
+    fps = float(preset["source_fps"])
+    if not fps > 0:
+        raise ConfigError(f"configs/datasets/{ctx.name}.yaml: source_fps {preset['source_fps']} must be positive.")
+    root = dataset_root(preset)
+    data = get_reader(preset["layout"], ctx.name)(preset, root, p)
+    annotated = set(data.rows["video"])
+    chosen = [e for e in data.videos if e.video in annotated or p.get("include_unannotated", False)]
+    skipped = len(data.videos) - len(chosen)
+    if skipped:
+        log.info("%s: %d video(s) without annotations left out (ingest.include_unannotated: false)", ctx.name,
+                 skipped)
+    if not chosen:
+        raise InputError(f"{data.annotation_file}: no annotated video found under {root}. Check the preset's root "
+                         f"and frames_dir in configs/datasets/{ctx.name}.yaml.")
+    extensions = tuple(p.get("image_extensions") or DEFAULT_IMAGE_EXTENSIONS)
+    tasks = [VideoTask(e.video, None, "", {"source": e.source, "kind": e.kind, "extensions": extensions,
+                                           "decode_sample": int(p.get("decode_sample", 3))}) for e in chosen]
+    scans = map_videos(scan_video, tasks, stage="ingest", parallel=ctx.parallel)
+    videos, annotations, frames = build_tables(data, scans, fps, preset.get("color"),
+                                               str(p.get("invalid_intervals", "skip")))
+    out = ctx.paths.ingest
+    write_table(frames, out / "frames.csv")
+    write_table(annotations, out / "annotations.csv")
+    write_table(videos, out / "videos.csv")
+    counts = annotations["type"].value_counts().to_dict()
+    log.info("%s: %d videos, %d frames, %d annotations (%d macro, %d micro) -> %s", ctx.name, len(videos),
+             len(frames), len(annotations), counts.get("macro", 0), counts.get("micro", 0), out)
+
+
+main = stage_main("ingest", run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""Dataset layouts: each reads a dataset's own annotation file and finds its videos.
+
+A reader has the signature ``read(preset, root, params) -> LayoutData`` (see
+:mod:`pipeline.layouts.common`); :func:`get_reader` picks it from the preset's
+``layout`` key.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import ConfigError
+from .casme2 import read_casme2
+from .common import LayoutData, VideoEntry
+from .generic import read_generic
+from .samm import read_samm
+
+READERS: dict[str, Callable[..., LayoutData]] = {
+    "casme2": read_casme2,
+    "samm": read_samm,
+    "generic": read_generic,
+}
+
+__all__ = ["READERS", "LayoutData", "VideoEntry", "get_reader"]
+
+
+def get_reader(layout: str, preset_name: str = "") -> Callable[..., LayoutData]:
+    """The reader of ``layout`` (casme2 | samm | generic)."""
+    try:
+        return READERS[str(layout)]
+    except KeyError:
+        raise ConfigError(f"configs/datasets/{preset_name}.yaml: layout '{layout}' is not one of "
+                          f"{', '.join(READERS)}. Use generic with a canonical annotations.csv for other "
+                          "datasets.") from None

@@ -1,0 +1,149 @@
+"""Stage ``resample``: ingest tables at the source fps -> tables at the target fps.
+
+``python -m pipeline.resample --dataset NAME`` keeps, per video, the source positions
+``floor(j * src / tgt)`` for j = 0, 1, ... while inside the video (exact rational
+arithmetic). For SAMM-LV 200 -> 30 fps this is exactly the published rule: groups of
+20 frames split into sub-segments of 6, 7, 7, keeping the first frame of each
+(positions 0, 6, 13, 20, 26, 33, ...). Equal rates keep every frame; a target above
+the source rate is refused (frames are never duplicated). Short videos are kept as
+they are, never merged.
+
+Annotations are remapped onto the kept frames (:func:`remap_intervals`): onset -> the
+first kept frame at or after it, offset -> the last kept frame at or before it, apex ->
+the nearest kept frame (the earlier one on a tie), clipped into [onset, offset]. An
+interval that holds no kept frame becomes the single kept frame nearest its apex.
+This agrees within one frame with the published ``ceil(frame / (20/3))``. Intervals
+longer than ``max_duration_s`` seconds at the source rate ((offset - onset + 1) /
+source_fps) are dropped, as the published SAMM-LV protocol does.
+
+Outputs under ``data/<ds>/resample/``: videos.csv (fps = target, n_frames = kept count,
+source_fps added), annotations.csv, frames.csv (kept frames only, renumbered 0..n-1,
+with their source_frame and path).
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, InputError
+from .stage import StageContext, stage_main
+from .tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, read_annotations, read_frames, read_videos, write_table
+
+log = logging.getLogger(__name__)
+
+
+def _fraction(value: float | int | str) -> Fraction:
+    """An exact fraction of a frame rate given as int, float or string (29.97 -> 2997/100)."""
+    return Fraction(str(value)).limit_denominator(1_000_000)
+
+
+def kept_positions(n_frames: int, source_fps: float, target_fps: float) -> np.ndarray:
+    """Source positions kept when resampling ``n_frames`` frames from ``source_fps`` to ``target_fps``.
+
+    Position j of the output is source position ``floor(j * source_fps / target_fps)``.
+    """
+    src, tgt = _fraction(source_fps), _fraction(target_fps)
+    if src <= 0 or tgt <= 0:
+        raise ConfigError(f"frame rates must be positive (source {source_fps}, target {target_fps}).")
+    if tgt > src:
+        raise ConfigError(f"target_fps {target_fps} is above the source rate {source_fps}: resample only drops "
+                          "frames. Set target_fps (preset or params.yaml resample.target_fps) <= source_fps.")
+    ratio = src / tgt
+    n_out = -(-n_frames * ratio.denominator // ratio.numerator)  # ceil(n / ratio): j * ratio < n
+    j = np.arange(n_out, dtype=np.int64)
+    return (j * ratio.numerator) // ratio.denominator
+
+
+def remap_intervals(onset: np.ndarray, apex: np.ndarray, offset: np.ndarray,
+                    kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map source positions of intervals to positions in the kept sequence (rules in the module doc)."""
+    kept = np.asarray(kept)
+    onset, apex, offset = (np.asarray(a, dtype=np.int64) for a in (onset, apex, offset))
+    new_on = np.searchsorted(kept, onset, side="left")
+    new_off = np.searchsorted(kept, offset, side="right") - 1
+    right = np.clip(np.searchsorted(kept, apex, side="left"), 0, len(kept) - 1)
+    left = np.clip(right - 1, 0, len(kept) - 1)
+    new_apex = np.where(np.abs(kept[left] - apex) <= np.abs(kept[right] - apex), left, right)
+    empty = new_on > new_off
+    new_on = np.where(empty, new_apex, new_on)
+    new_off = np.where(empty, new_apex, new_off)
+    new_apex = np.clip(new_apex, new_on, new_off)
+    return new_on, new_apex, new_off
+
+
+def resample_tables(videos: pd.DataFrame, annotations: pd.DataFrame, frames: pd.DataFrame, target_fps: float,
+                    max_duration_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Resample ingest tables to ``target_fps``; returns (videos, annotations, frames)."""
+    out_videos: list[dict[str, Any]] = []
+    out_frames: list[pd.DataFrame] = []
+    out_ann: list[pd.DataFrame] = []
+    frame_groups = dict(tuple(frames.groupby("video", sort=False)))
+    ann_groups = dict(tuple(annotations.groupby("video", sort=False)))
+    dropped = 0
+    for v in tqdm(videos.to_dict("records"), desc="resample", unit="video", leave=False):
+        video, src = v["video"], float(v["fps"])
+        rows = frame_groups.get(video)
+        if rows is None or len(rows) != int(v["n_frames"]):
+            raise InputError(f"ingest tables: video {video} has n_frames {v['n_frames']} in videos.csv but "
+                             f"{0 if rows is None else len(rows)} rows in frames.csv. Rerun ingest.")
+        rows = rows.sort_values("frame")
+        kept = kept_positions(len(rows), src, target_fps)
+        picked = rows.iloc[kept]
+        out_frames.append(pd.DataFrame({"video": video, "frame": np.arange(len(kept), dtype=np.int64),
+                                        "source_frame": picked["source_frame"].to_numpy(),
+                                        "path": picked["path"].to_numpy()}))
+        out_videos.append({**v, "fps": float(target_fps), "n_frames": int(len(kept)), "source_fps": src})
+        ann = ann_groups.get(video)
+        if ann is None or ann.empty:
+            continue
+        ann = ann.copy()
+        if max_duration_s is not None:
+            long = (ann["offset"] - ann["onset"] + 1) / src > float(max_duration_s)
+            dropped += int(long.sum())
+            ann = ann[~long]
+        on, ap, off = remap_intervals(ann["onset"].to_numpy(), ann["apex"].to_numpy(), ann["offset"].to_numpy(),
+                                      kept)
+        ann["onset"], ann["apex"], ann["offset"] = on, ap, off
+        out_ann.append(ann)
+    if dropped:
+        log.info("resample: %d interval(s) longer than %.3g s dropped (resample.max_duration_s)", dropped,
+                 max_duration_s)
+    vids = pd.DataFrame.from_records(out_videos, columns=list(videos.columns) + ["source_fps"])
+    anns = (pd.concat(out_ann, ignore_index=True) if out_ann else pd.DataFrame(columns=ANNOTATION_COLUMNS))
+    frms = (pd.concat(out_frames, ignore_index=True) if out_frames else pd.DataFrame(columns=FRAME_COLUMNS))
+    return vids, anns[ANNOTATION_COLUMNS + [c for c in anns.columns if c not in ANNOTATION_COLUMNS]], frms
+
+
+def run(ctx: StageContext) -> None:
+    """Resample the ingest tables of ``ctx``'s dataset into ``data/<ds>/resample/``."""
+    p = ctx.section()
+    target = ctx.dataset.get("target_fps") or p.get("target_fps")
+    if target is None:
+        raise ConfigError(f"no target fps: set target_fps in configs/datasets/{ctx.name}.yaml or "
+                          "resample.target_fps in params.yaml.")
+    max_dur = p.get("max_duration_s")
+    src = ctx.paths.ingest
+    videos = read_videos(src / "videos.csv")
+    annotations = read_annotations(src / "annotations.csv")
+    frames = read_frames(src / "frames.csv")
+    vids, anns, frms = resample_tables(videos, annotations, frames, float(target),
+                                       None if max_dur is None else float(max_dur))
+    out = ctx.paths.resample
+    write_table(frms, out / "frames.csv")
+    write_table(anns, out / "annotations.csv")
+    write_table(vids, out / "videos.csv")
+    counts = anns["type"].value_counts().to_dict()
+    log.info("%s: %d videos at %g fps, %d kept frames, %d annotations (%d macro, %d micro) -> %s", ctx.name,
+             len(vids), float(target), len(frms), len(anns), counts.get("macro", 0), counts.get("micro", 0), out)
+
+
+main = stage_main("resample", run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Atomic HDF5 writes, completeness and attributes (pipeline/h5io.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.h5io import (COMPLETE_ATTR, DIGEST_ATTR, atomic_h5, file_digest, is_complete, read_attr_json,
+                           remove_partials, write_attrs)
+from pipeline.runner import VideoTask, pending
+
+
+def test_complete_file_round_trip(tmp_path):
+    path = tmp_path / "sub" / "v.h5"
+    with atomic_h5(path, "abc", {"size": 224, "nested": {"a": [1, 2]}}) as f:
+        f.create_dataset("x", data=np.arange(6))
+        write_attrs(f, {"video": "v", "box": [1, 2, 3, 4], "meta": {"k": "v"}, "none": None, "names": ["a", "b"]})
+    assert is_complete(path, "abc") and not is_complete(path, "abd") and file_digest(path) == "abc"
+    with h5py.File(path, "r") as f:
+        assert f["x"][:].tolist() == list(range(6))
+        assert read_attr_json(f, "video") == "v"
+        assert read_attr_json(f, "box") == [1, 2, 3, 4]
+        assert read_attr_json(f, "meta") == {"k": "v"}
+        assert read_attr_json(f, "none") is None
+        assert read_attr_json(f, "names") == ["a", "b"]
+        assert read_attr_json(f, "m2es_params") == {"nested": {"a": [1, 2]}, "size": 224}
+        assert read_attr_json(f, "missing", 7) == 7
+    assert [p.name for p in path.parent.iterdir()] == ["v.h5"]
+
+
+def test_exception_inside_leaves_previous_file_untouched(tmp_path):
+    path = tmp_path / "v.h5"
+    with atomic_h5(path, "old") as f:
+        f.create_dataset("x", data=[1])
+    with pytest.raises(RuntimeError):
+        with atomic_h5(path, "new") as f:
+            f.create_dataset("x", data=[2])
+            raise RuntimeError("stop")
+    assert file_digest(path) == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["v.h5"]
+
+
+def test_killed_writer_never_leaves_the_final_name(tmp_path):
+    path = tmp_path / "v.h5"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        from pipeline.h5io import atomic_h5
+        with atomic_h5({str(path)!r}, "d") as f:
+            f.create_dataset("x", data=np.zeros((64, 64)))
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -9
+    assert not path.exists()
+    partials = list(tmp_path.glob(".v.h5.*.partial"))
+    assert len(partials) == 1 and file_digest(partials[0]) is None     # never flagged complete
+    todo, done = pending([VideoTask("v", path, "d")])
+    assert len(todo) == 1 and not done
+    assert remove_partials(tmp_path) == 1 and not list(tmp_path.iterdir())
+    assert remove_partials(tmp_path / "absent") == 0
+
+
+def test_incomplete_or_corrupt_files_are_not_complete(tmp_path):
+    flagless = tmp_path / "flagless.h5"
+    with h5py.File(flagless, "w") as f:
+        f.attrs[DIGEST_ATTR] = "d"
+    unfinished = tmp_path / "unfinished.h5"
+    with h5py.File(unfinished, "w") as f:
+        f.attrs[DIGEST_ATTR] = "d"
+        f.attrs[COMPLETE_ATTR] = False
+    corrupt = tmp_path / "corrupt.h5"
+    with atomic_h5(corrupt, "d") as f:
+        f.create_dataset("x", data=np.zeros(1000))
+    corrupt.write_bytes(corrupt.read_bytes()[:300])           # truncated after the fact
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not hdf5")
+    for p in (flagless, unfinished, corrupt, garbage, tmp_path / "missing.h5"):
+        assert file_digest(p) is None, p.name
+        assert not is_complete(p, "d")
