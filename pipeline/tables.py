@@ -69,18 +69,26 @@ def read_frames(path: str | Path) -> pd.DataFrame:
     return read_table(path, FRAME_COLUMNS)
 
 
-def to_source_frames(frames: pd.DataFrame, video: str, positions) -> "list[int]":
+def to_source_frames(frames: pd.DataFrame, video: str, positions, end: bool = False) -> "list[int]":
     """Map 0-based positions of ``video`` in a ``frames.csv`` to the dataset's frame numbers.
 
     This is the one function through which any export back to a dataset's own numbering
-    goes (MEGC prediction files, ``m2es spot`` output). Positions past the last frame
+    goes (MEGC prediction files, ``m2es spot`` output). With ``end=False`` a position maps
+    to the number of its kept frame (right for onsets and apexes); with ``end=True`` it
+    maps to the last source frame before the next kept one (right for offsets: at
+    200 -> 30 fps a kept frame stands for a sub-segment of 6 or 7 source frames). The
+    last kept frame stands for the median source step. Positions past the last frame
     are clipped to it.
     """
+    import numpy as np
+
     rows = frames[frames["video"] == video].sort_values("frame")
     if rows.empty:
         raise InputError(f"frames table: no frames for video '{video}'. Rerun ingest and resample.")
-    numbers = rows["source_frame"].to_numpy()
-    import numpy as np
-
-    idx = np.clip(np.asarray(positions, dtype=int), 0, len(numbers) - 1)
-    return [int(n) for n in numbers[idx]]
+    numbers = rows["source_frame"].to_numpy(dtype=np.int64)
+    idx = np.clip(np.asarray(positions, dtype=np.int64), 0, len(numbers) - 1)
+    if not end:
+        return [int(n) for n in numbers[idx]]
+    step = int(np.median(np.diff(numbers))) if len(numbers) > 1 else 1
+    ends = np.append(numbers[1:] - 1, numbers[-1] + step - 1)
+    return [int(n) for n in ends[idx]]

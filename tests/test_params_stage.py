@@ -88,3 +88,16 @@ def test_cli_dispatches_and_rejects_unknown(capsys) -> None:
     assert main(["bogus"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+def test_to_source_frames_maps_onsets_and_offsets() -> None:
+    import pandas as pd
+
+    from pipeline.tables import to_source_frames
+
+    kept = [1, 7, 14, 21, 27, 34]  # 1-based numbers kept by the 200 -> 30 fps rule
+    frames = pd.DataFrame({"video": "v", "frame": range(6), "source_frame": kept, "path": ""})
+    assert to_source_frames(frames, "v", [0, 2, 5, 9]) == [1, 14, 34, 34]
+    assert to_source_frames(frames, "v", [0, 2, 5], end=True) == [6, 20, 34 + 7 - 1]
+    with pytest.raises(InputError, match="no frames for video 'w'"):
+        to_source_frames(frames, "w", [0])

@@ -1,0 +1,311 @@
+"""Stage ``evaluate@<dataset>``: MEGC-style F1 of the out-of-fold predictions, three protocols.
+
+Reads ``data/<ds>/runs/predictions.csv`` (video, subject, fold, epoch, onset, offset,
+type, score), ``data/<ds>/resample/{videos,annotations,frames}.csv`` and the dvclive
+logs under ``data/<ds>/runs/live/``. Writes:
+
+* ``metrics/<ds>.json``: per counting rule, per protocol (``cross-fold``,
+  ``paper-optimistic``, ``fixed``) and per type (+ ``overall``): f1, precision, recall,
+  tp, fp, fn, n_pred, n_gt; the chosen thresholds and epoch; ground-truth counts;
+* ``data/<ds>/evaluate/thresholds.json``: thresholds and epoch chosen on all subjects'
+  out-of-fold predictions, for new videos (``m2es spot``);
+* ``data/<ds>/evaluate/f1_vs_threshold.csv``, ``per_subject.csv``, ``timelines/*.png``,
+  ``training_curves.csv`` + ``.png``, ``predictions_<ds>_megc.csv`` (final intervals of
+  the default protocol, dataset frame numbering), ``summary.md``.
+
+See :mod:`pipeline.metrics` (matching, counting rules) and :mod:`pipeline.protocols`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import report
+from .errors import ConfigError, InputError
+from .metrics import COUNTING_RULES, OVERALL, Counts, Matching, count_by_type, counts_by_group, match
+from .paths import metrics_path
+from .protocols import (OUTPUT_NAMES, PROTOCOLS, Choice, Cube, build_cube, f1_curve,
+                        save_thresholds, select_cross_fold, select_fixed, select_paper, selection_mask,
+                        threshold_grid)
+from .stage import StageContext, stage_main
+from .tables import TYPES, read_annotations, read_frames, read_table, read_videos, write_table
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ["video", "subject", "fold", "epoch", "onset", "offset", "type", "score"]
+
+
+def natural_key(value: str) -> tuple:
+    """Sort key that orders ``s2`` before ``s10`` and ``2`` before ``10``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(value)))
+
+
+def _numeric(df: pd.DataFrame, path: Path, columns: Sequence[str], integer: bool) -> None:
+    """Coerce ``columns`` to numbers in place, or raise an InputError naming the first bad row."""
+    for col in columns:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(np.float64, na_value=np.nan))
+        if integer:
+            bad |= values.fillna(0) != np.round(values.fillna(0))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{path}: column '{col}' row {i + 2} holds '{df[col].iloc[i]}', expected "
+                             f"{'an integer' if integer else 'a number'}. Fix the row or rerun the stage that "
+                             "writes this file.")
+        df[col] = values.astype(np.int64 if integer else np.float64)
+
+
+def _check_intervals(df: pd.DataFrame, path: Path, videos: pd.DataFrame) -> None:
+    """Types known, onset <= offset, videos known and subjects consistent with videos.csv."""
+    bad_type = ~df["type"].isin(TYPES)
+    if bad_type.any():
+        i = int(np.flatnonzero(bad_type.to_numpy())[0])
+        raise InputError(f"{path}: row {i + 2} has type '{df['type'].iloc[i]}'; expected one of "
+                         f"{', '.join(TYPES)}.")
+    bad = df["onset"] > df["offset"]
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(f"{path}: row {i + 2} (video {df['video'].iloc[i]}) has onset {df['onset'].iloc[i]} > "
+                         f"offset {df['offset'].iloc[i]}. Fix the row or rerun the stage that writes it.")
+    known = dict(zip(videos["video"], videos["subject"]))
+    unknown = sorted(set(df["video"]) - set(known))
+    if unknown:
+        raise InputError(f"{path}: video(s) {', '.join(unknown[:5])} are not in resample/videos.csv. The file is "
+                         "stale: rerun the stage that wrote it (dvc repro).")
+    wrong = df["subject"] != df["video"].map(known)
+    if wrong.any():
+        i = int(np.flatnonzero(wrong.to_numpy())[0])
+        raise InputError(f"{path}: row {i + 2}: video {df['video'].iloc[i]} has subject '{df['subject'].iloc[i]}' "
+                         f"but resample/videos.csv says '{known[df['video'].iloc[i]]}'. Rerun the stage that "
+                         "wrote it.")
+
+
+def read_predictions(path: str | Path, videos: pd.DataFrame) -> pd.DataFrame:
+    """Read and check ``runs/predictions.csv`` against ``videos`` (resample/videos.csv)."""
+    path = Path(path)
+    df = read_table(path, PREDICTION_COLUMNS)
+    _numeric(df, path, ["epoch", "onset", "offset"], integer=True)
+    _numeric(df, path, ["score"], integer=False)
+    _check_intervals(df, path, videos)
+    return df.reset_index(drop=True)
+
+
+def read_ground_truth(path: str | Path, videos: pd.DataFrame) -> pd.DataFrame:
+    """Read and check ``resample/annotations.csv`` (the ground truth) against ``videos``."""
+    path = Path(path)
+    df = read_annotations(path)
+    _numeric(df, path, ["onset", "offset"], integer=True)
+    _check_intervals(df, path, videos)
+    return df.reset_index(drop=True)
+
+
+@dataclass
+class ProtocolResult:
+    """One protocol under one counting rule: the per-subject choices, kept rows and counts."""
+
+    protocol: str
+    counting: str
+    choices: dict[str, Choice]
+    mask: np.ndarray
+    counts: dict[str, Counts]
+
+    @property
+    def name(self) -> str:
+        """The name in outputs (``paper`` is ``paper-optimistic``)."""
+        return OUTPUT_NAMES[self.protocol]
+
+
+@dataclass
+class Evaluation:
+    """Everything computed for one counting rule."""
+
+    counting: str
+    matching: Matching
+    cube: Cube
+    all_subjects: tuple[Choice, float]
+    results: dict[str, ProtocolResult]
+
+
+def check_params(p: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the ``evaluate`` section; returns the normalised settings."""
+    out = dict(p)
+    try:
+        out["iou_threshold"] = float(p["iou_threshold"])
+        out["countings"] = list(p["countings"])
+        out["protocols"] = list(p["protocols"])
+        out["timelines"] = int(p["timelines"])
+        out["grid"] = threshold_grid(p["threshold_grid"])
+        out["fixed"] = p["fixed"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"params.yaml: evaluate section incomplete or malformed ({exc}); expected keys "
+                          "iou_threshold, countings, protocols, threshold_grid, fixed, timelines.") from exc
+    if not 0.0 < out["iou_threshold"] <= 1.0:
+        raise ConfigError(f"params.yaml: evaluate.iou_threshold = {out['iou_threshold']}; use a value in (0, 1].")
+    for key, allowed in (("countings", COUNTING_RULES), ("protocols", PROTOCOLS)):
+        bad = [x for x in out[key] if x not in allowed]
+        if not out[key] or bad or len(set(out[key])) != len(out[key]):
+            raise ConfigError(f"params.yaml: evaluate.{key} = {out[key]}; list distinct values among "
+                              f"{', '.join(allowed)} (the first is the default).")
+    return out
+
+
+def evaluate_predictions(pred: pd.DataFrame, gt: pd.DataFrame, subjects: Sequence[str], settings: Mapping[str, Any],
+                         counting: str) -> Evaluation:
+    """Match once, build the threshold cube, and run every protocol of ``settings`` under ``counting``."""
+    epochs = sorted(int(e) for e in pred["epoch"].unique()) or [0]
+    matching = match(pred, gt, settings["iou_threshold"], counting)
+    cube = build_cube(pred, gt, matching, subjects, epochs, settings["grid"])
+    paper_choice = select_paper(cube)
+    results: dict[str, ProtocolResult] = {}
+    for protocol in settings["protocols"]:
+        if protocol == "paper":
+            choices = {s: paper_choice[0] for s in subjects}
+        elif protocol == "cross-fold":
+            choices = select_cross_fold(cube)
+        else:
+            fixed = select_fixed(settings["fixed"], epochs)
+            choices = {s: fixed for s in subjects}
+        mask = selection_mask(pred, choices)
+        results[protocol] = ProtocolResult(protocol, counting, choices, mask, count_by_type(pred, gt, matching, mask))
+    return Evaluation(counting, matching, cube, paper_choice, results)
+
+
+def _protocol_block(res: ProtocolResult, ev: Evaluation) -> dict[str, Any]:
+    """The JSON block of one protocol."""
+    block: dict[str, Any] = {"optimistic": res.protocol == "paper"}
+    block.update({k: v.as_dict() for k, v in res.counts.items()})
+    if res.protocol == "cross-fold":
+        chosen = list(res.choices.values())
+        block["selection"] = {
+            "per_subject": {"epoch": report.spread([c.epoch for c in chosen]),
+                            **{t: report.spread([c.thresholds[t] for c in chosen]) for t in TYPES}},
+            "all_subjects": {**ev.all_subjects[0].as_dict(), "f1_on_selection_set": round(ev.all_subjects[1], 6)},
+        }
+    else:
+        block["selection"] = next(iter(res.choices.values())).as_dict() if res.choices else {}
+    return block
+
+
+def column_prefix(protocol: str) -> str:
+    """Column prefix of a protocol in per-subject tables (``paper`` -> ``paper_optimistic``)."""
+    return OUTPUT_NAMES[protocol].replace("-", "_")
+
+
+def per_subject_table(pred: pd.DataFrame, gt: pd.DataFrame, videos: pd.DataFrame, ev: Evaluation) -> pd.DataFrame:
+    """One row per subject: videos, ground truths, and per protocol its choice and counts."""
+    subjects = sorted(set(videos["subject"]), key=natural_key)
+    out = pd.DataFrame({"subject": subjects})
+    out["videos"] = out["subject"].map(videos.groupby("subject").size()).astype(int)
+    for t in TYPES:
+        out[f"gt_{t}"] = out["subject"].map(gt[gt["type"] == t].groupby("subject").size()).fillna(0).astype(int)
+    for protocol, res in ev.results.items():
+        c = column_prefix(protocol)
+        g = counts_by_group(pred, gt, ev.matching, res.mask, "subject").set_index("subject").reindex(subjects)
+        out[f"{c}_epoch"] = [res.choices[s].epoch for s in subjects]
+        for t in TYPES:
+            out[f"{c}_thr_{t}"] = [res.choices[s].thresholds[t] for s in subjects]
+        out[f"{c}_tp"] = g[f"tp_{OVERALL}"].fillna(0).astype(int).to_numpy()
+        out[f"{c}_n_pred"] = g[f"n_pred_{OVERALL}"].fillna(0).astype(int).to_numpy()
+        for t in TYPES:
+            out[f"{c}_{t}_f1"] = g[f"f1_{t}"].fillna(0.0).round(6).to_numpy()
+        out[f"{c}_f1"] = g[f"f1_{OVERALL}"].fillna(0.0).round(6).to_numpy()
+    return out
+
+
+def write_timelines(out_dir: Path, pred: pd.DataFrame, gt: pd.DataFrame, videos: pd.DataFrame, ev: Evaluation,
+                    protocol: str, n: int) -> list[str]:
+    """Draw ``n`` videos (worst, best, spread) under ``protocol``; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    res = ev.results[protocol]
+    per_video = counts_by_group(pred, gt, ev.matching, res.mask, "video")
+    per_video = per_video.assign(n_gt=per_video[f"n_gt_{OVERALL}"], f1=per_video[f"f1_{OVERALL}"])
+    subject_of = dict(zip(videos["video"], videos["subject"]))
+    n_frames = dict(zip(videos["video"], videos["n_frames"]))
+    written = []
+    pred_video = pred["video"].to_numpy()
+    for video, why in report.pick_timeline_videos(per_video[["video", "n_gt", "f1"]], n):
+        choice = res.choices[subject_of[video]]
+        rows = (pred_video == video) & (pred["epoch"].to_numpy() == choice.epoch)
+        f1 = float(per_video.loc[per_video["video"] == video, "f1"].iloc[0])
+        title = (f"{video} (subject {subject_of[video]}, {why}): {OUTPUT_NAMES[protocol]}, {ev.counting}, "
+                 f"epoch {choice.epoch}, thresholds macro {choice.thresholds['macro']:.2f} / micro "
+                 f"{choice.thresholds['micro']:.2f}, F1 {f1:.3f}")
+        path = out_dir / f"{why}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', video)}.png"
+        report.plot_timeline(path, video, gt[gt["video"] == video], pred[rows].reset_index(drop=True),
+                             res.mask[rows], ev.matching.tp[rows], choice.thresholds,
+                             int(n_frames.get(video, 0)) or None, title)
+        written.append(path.name)
+    return written
+
+
+def run(ctx: StageContext) -> None:
+    """Evaluate the dataset's out-of-fold predictions and write metrics, plots and exports."""
+    settings = check_params(ctx.section())
+    paths = ctx.paths
+    videos = read_videos(paths.resample / "videos.csv")
+    videos["subject"] = videos["subject"].astype(str)
+    gt = read_ground_truth(paths.resample / "annotations.csv", videos)
+    frames = read_frames(paths.resample / "frames.csv")
+    pred = read_predictions(paths.runs / "predictions.csv", videos)
+    subjects = sorted(set(videos["subject"]), key=natural_key)
+    missing = sorted(set(subjects) - set(pred["subject"]), key=natural_key)
+    if missing:
+        log.warning("%s: no predictions at all for subject(s) %s; their ground truth counts as missed.",
+                    paths.runs / "predictions.csv", ", ".join(missing))
+    log.info("evaluate@%s: %d predictions (%d epochs), %d ground-truth intervals, %d subjects",
+             ctx.name, len(pred), pred["epoch"].nunique(), len(gt), len(subjects))
+
+    evals = {c: evaluate_predictions(pred, gt, subjects, settings, c) for c in settings["countings"]}
+    default_counting, default_protocol = settings["countings"][0], settings["protocols"][0]
+    head = evals[default_counting]
+
+    doc: dict[str, Any] = {
+        "dataset": ctx.name,
+        "iou_threshold": settings["iou_threshold"],
+        "countings": settings["countings"],
+        "protocols": [OUTPUT_NAMES[p] for p in settings["protocols"]],
+        "default": {"protocol": OUTPUT_NAMES[default_protocol], "counting": default_counting},
+        "ground_truth": {**{t: int((gt["type"] == t).sum()) for t in TYPES}, OVERALL: len(gt),
+                         "videos": int(videos["video"].nunique()), "subjects": len(subjects)},
+        "predictions": {"rows": len(pred), "epochs": sorted(int(e) for e in pred["epoch"].unique())},
+    }
+    for counting, ev in evals.items():
+        doc[counting] = {res.name: _protocol_block(res, ev) for res in ev.results.values()}
+
+    out = paths.evaluate
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(metrics_path(ctx.name), doc)
+    save_thresholds(out / "thresholds.json", head.all_subjects[0], {
+        "dataset": ctx.name, "counting": default_counting, "iou_threshold": settings["iou_threshold"],
+        "selected_on": "all subjects' out-of-fold predictions (maximising overall F1)",
+        "f1_on_selection_set": round(head.all_subjects[1], 6)})
+    write_table(f1_curve(head.cube, head.all_subjects[0].epoch), out / "f1_vs_threshold.csv")
+    per_subject = per_subject_table(pred, gt, videos, head)
+    write_table(per_subject, out / "per_subject.csv")
+    final = pred[head.results[default_protocol].mask]
+    write_table(report.export_megc(final, frames), out / f"predictions_{ctx.name}_megc.csv")
+    drawn = write_timelines(out / "timelines", pred, gt, videos, head, default_protocol, settings["timelines"])
+    curves = report.collect_training_curves(paths.runs / "live")
+    write_table(report.training_curves_wide(curves), out / "training_curves.csv")
+    report.plot_training_curves(curves, out / "training_curves.png", f"{ctx.name}: training curves (dvclive)")
+    if curves.empty:
+        log.warning("%s: no dvclive logs; training_curves.csv/png are empty.", paths.runs / "live")
+    summary = report.summary_markdown(doc, per_subject, column_prefix(default_protocol))
+    report.write_text(out / "summary.md", summary)
+    log.info("evaluate@%s: wrote %s, %s (%d timelines)\n%s", ctx.name, metrics_path(ctx.name), out, len(drawn),
+             summary)
+
+
+main = stage_main("evaluate", run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
