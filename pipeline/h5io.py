@@ -9,6 +9,7 @@ carries the same digest.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -18,6 +19,8 @@ from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
+
+from .errors import M2esError
 
 DIGEST_ATTR = "m2es_digest"
 PARAMS_ATTR = "m2es_params"
@@ -72,18 +75,32 @@ def atomic_h5(path: str | Path, digest: str, params: Mapping[str, Any] | None = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    f = h5py.File(tmp, "w")
     try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-            f.attrs[DIGEST_ATTR] = digest
-            f.attrs[PARAMS_ATTR] = json.dumps(dict(params or {}), sort_keys=True, default=str)
-            f.attrs[COMPLETE_ATTR] = True
+        yield f
+        f.attrs[DIGEST_ATTR] = digest
+        f.attrs[PARAMS_ATTR] = json.dumps(dict(params or {}), sort_keys=True, default=str)
+        f.attrs[COMPLETE_ATTR] = True
+        f.close()
         with open(tmp, "rb+") as fh:  # make the bytes durable before the rename publishes them
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        try:  # closing a file whose write failed can itself fail; the original error matters
+            f.close()
+        except Exception:  # noqa: BLE001
+            pass
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and _is_disk_full(exc):
+            raise M2esError(f"{path}: the disk is full ({exc.strerror or exc}). Nothing was written under "
+                            "this name; free space (or point data/ elsewhere) and rerun to resume.") from exc
         raise
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    """True for out-of-space errors, including HDF5's, which carry the errno only in the message."""
+    codes = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+    return exc.errno in codes or any(f"errno = {c}," in str(exc) for c in codes)
 
 
 def file_digest(path: str | Path) -> str | None:

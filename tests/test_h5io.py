@@ -50,6 +50,7 @@ def test_killed_writer_never_leaves_the_final_name(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         import numpy as np
+        from pipeline.errors import M2esError
         from pipeline.h5io import atomic_h5
         with atomic_h5({str(path)!r}, "d") as f:
             f.create_dataset("x", data=np.zeros((64, 64)))
@@ -84,3 +85,28 @@ def test_incomplete_or_corrupt_files_are_not_complete(tmp_path):
     for p in (flagless, unfinished, corrupt, garbage, tmp_path / "missing.h5"):
         assert file_digest(p) is None, p.name
         assert not is_complete(p, "d")
+
+
+def test_disk_full_while_writing_leaves_no_complete_file(tmp_path):
+    """A write that runs out of space (a real file-size limit, EFBIG like ENOSPC) leaves nothing final."""
+    out = tmp_path / "v.h5"
+    script = textwrap.dedent(f"""
+        import resource, signal
+        import numpy as np
+        from pipeline.errors import M2esError
+        from pipeline.h5io import atomic_h5
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # get an OSError instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+        try:
+            with atomic_h5({str(out)!r}, "d") as f:
+                f.create_dataset("x", data=np.random.default_rng(0).random((1024, 1024)))
+        except M2esError as exc:
+            print(exc)
+            raise SystemExit(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "v.h5: the disk is full" in proc.stdout and "rerun to resume" in proc.stdout
+    assert not out.exists()
+    assert not is_complete(out, "d")
+    assert list(tmp_path.iterdir()) == []   # the temporary file was removed too
