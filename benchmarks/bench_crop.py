@@ -1,0 +1,135 @@
+"""Throughput of the crop stage against decoding alone, on real-size frame folders.
+
+Renders two frame folders like the datasets' (CAS(ME)^2: 640x480 colour JPEG, face
+about 240 px; SAMM-LV: 2040x1088 grayscale JPEG, face about 560 px, with sensor noise),
+then measures, in frames per second of one video:
+
+* ``decode``: every frame decoded at full size with the same thread count (what any
+  pipeline has to do at least);
+* ``stage_<compression>``: the whole per-video crop (reference detection, landmarks,
+  reduced decode, crop, resize, compression, HDF5 write) for gzip, lzf and none.
+
+Prints one JSON object (machine, versions, figures). Not part of pytest; no assertion.
+Usage: ``python benchmarks/bench_crop.py [--frames 200] [--threads 2] [--size 224]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+from skimage import data
+
+from pipeline.crop import CropParams, crop_video, make_finder
+from pipeline.decode import ImageFolderSource
+from pipeline.params import digest
+from pipeline.runner import VideoTask
+
+SCENARIOS = {
+    "casme2_640x480_color": {"shape": (480, 640), "scale": 2.6, "offset": (-160, -150), "color": True},
+    "samm_2040x1088_gray": {"shape": (1088, 2040), "scale": 6.0, "offset": (-300, -300), "color": False},
+}
+
+
+def render_folder(folder: Path, n: int, shape: tuple[int, int], scale: float, offset: tuple[int, int],
+                  color: bool, seed: int = 0) -> list[str]:
+    """Write ``n`` noisy JPEG frames of a slightly moving face; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    base = data.astronaut()
+    paths = []
+    for i in range(n):
+        dx = offset[0] + 1.5 * np.sin(i / 10)
+        m = np.float32([[scale, 0, dx], [0, scale, offset[1]]])
+        img = cv2.warpAffine(base, m, (shape[1], shape[0]), borderValue=(128, 128, 128))
+        img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if color else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        path = folder / f"img_{i + 1}.jpg"
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        paths.append(str(path))
+    return paths
+
+
+def time_decode(paths: list[str], color: bool, threads: int) -> float:
+    """Frames/s of a full-size decode of every frame."""
+    source = ImageFolderSource("bench", paths, color, threads)
+    t0 = time.perf_counter()
+    for _pos, res in source.map(lambda p, f: f.shape, batch=64):
+        assert not isinstance(res, Exception), res
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def time_stage(paths: list[str], color: bool, out: Path, params: dict) -> tuple[float, dict]:
+    """Frames/s of the whole per-video crop (models already loaded)."""
+    payload = {"params": params, "subject": "1", "fps": 30.0, "kind": "frames", "source": str(Path(paths[0]).parent),
+               "color": int(color), "positions": list(range(len(paths))),
+               "source_frames": list(range(1, len(paths) + 1)), "paths": paths}
+    task = VideoTask("bench", out, digest(params), payload)
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    summary = crop_video(task)
+    fps = len(paths) / (time.perf_counter() - t0)
+    with h5py.File(out) as f:
+        summary["bytes_per_frame"] = round(os.path.getsize(out) / len(paths))
+        summary["box_side"] = int(f.attrs["box"][2] - f.attrs["box"][0])
+    return fps, summary
+
+
+def machine() -> dict:
+    """What ran the benchmark."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import dlib
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "opencv": cv2.__version__, "dlib": dlib.__version__, "h5py": h5py.__version__, "gpu": None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    args = ap.parse_args()
+    base = CropParams(size=args.size, threads=args.threads)
+    t0 = time.perf_counter()
+    make_finder(base)
+    load_s = time.perf_counter() - t0
+    figures: dict = {"model_load_s_once_per_process": round(load_s, 3)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, sc in SCENARIOS.items():
+            paths = render_folder(Path(tmp) / name, args.frames, sc["shape"], sc["scale"], sc["offset"], sc["color"])
+            fig: dict = {"frames": args.frames, "threads": args.threads, "size": args.size}
+            fig["decode_fps"] = round(max(time_decode(paths, sc["color"], args.threads)
+                                          for _ in range(args.repeats)), 1)
+            for comp in ("gzip", "lzf", "none"):
+                params = {**base.__dict__, "compression": comp}
+                best, summary = 0.0, {}
+                for _ in range(args.repeats):
+                    fps, summary = time_stage(paths, sc["color"], Path(tmp) / f"{name}.h5", params)
+                    best = max(best, fps)
+                fig[f"stage_{comp}_fps"] = round(best, 1)
+                fig[f"stage_{comp}_vs_decode"] = round(best / fig["decode_fps"], 3)
+                fig[f"stage_{comp}_bytes_per_frame"] = summary["bytes_per_frame"]
+                fig["decode_reduction"] = summary["reduce"]
+                fig["box_side"] = summary["box_side"]
+            figures[name] = fig
+    print(json.dumps({"benchmark": "crop", "machine": machine(), "figures": figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Decoding the frames of one video: image folders (OpenCV) and video files (decord).
+
+A :class:`FrameSource` is the ordered list of frames a stage wants from one video
+(usually the video's rows of ``resample/frames.csv``); position ``i`` is the 0-based
+frame index of the processed sequence. Frames come back as ``uint8`` arrays, RGB
+``[H, W, 3]`` for colour sources and ``[H, W]`` for grayscale ones.
+
+* Image folders are decoded with OpenCV from the file's bytes. JPEG files can be
+  decoded at 1/2, 1/4 or 1/8 of their size (``IMREAD_REDUCED_*``, the DCT does the
+  shrinking, so it is faster than a full decode); a file that is empty, truncated (no
+  JPEG end marker) or undecodable raises :class:`BadFrameError` naming its path.
+* Video files are decoded with decord; ``source_frame`` is the 0-based decode index.
+  They are always decoded at full size (``supports_reduce`` is False).
+
+:meth:`FrameSource.map` applies a per-frame function in a thread pool (decoding and
+OpenCV release the GIL), yielding results in order, with a bad frame yielded as its
+:class:`BadFrameError` instead of a result so that the caller decides what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+REDUCTIONS = (1, 2, 4, 8)
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+_RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+
+
+class BadFrameError(InputError):
+    """One frame could not be decoded; ``path`` is its file (or ``file#index``)."""
+
+    def __init__(self, message: str, path: str, position: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.position = position
+
+
+def _imread_flag(color: bool, reduce: int) -> tuple[int, bool]:
+    """OpenCV flag for a colour/grayscale decode at 1/``reduce``; second value: BGR needs swapping."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce}")
+    if not color:
+        return {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+                4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[reduce], False
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
+    if _RGB_FLAG is not None:
+        return (flag & ~cv2.IMREAD_COLOR) | _RGB_FLAG, False
+    return flag, True
+
+
+def _jpeg_is_truncated(data: np.ndarray) -> bool:
+    """True for JPEG bytes without an end-of-image marker (trailing zero padding allowed)."""
+    if data.size < 4 or bytes(data[:2]) != _JPEG_SOI:
+        return False
+    tail = bytes(data[-64:]).rstrip(b"\x00\r\n ")
+    return not tail.endswith(_JPEG_EOI)
+
+
+def read_image(path: str | Path, *, color: bool, reduce: int = 1) -> np.ndarray:
+    """Decode one image file to RGB ``[H, W, 3]`` (``color``) or ``[H, W]``, at 1/``reduce`` size.
+
+    Raises :class:`BadFrameError` (an :class:`InputError`) naming the file when it is
+    missing, empty, a truncated JPEG or not decodable.
+    """
+    path = str(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise BadFrameError(f"{path}: cannot read frame ({exc.strerror or exc}). "
+                            "Check that the dataset is complete and readable.", path) from exc
+    if data.size == 0:
+        raise BadFrameError(f"{path}: frame file is empty (0 bytes). Restore it from the dataset.", path)
+    if _jpeg_is_truncated(data):
+        raise BadFrameError(f"{path}: truncated JPEG (no end-of-image marker). Restore it from the dataset.", path)
+    flag, swap = _imread_flag(color, reduce)
+    image = cv2.imdecode(data, flag)
+    if image is None:
+        raise BadFrameError(f"{path}: not a decodable image. Restore it from the dataset.", path)
+    if swap:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def choose_reduction(crop_side: float, size: int, allowed: Sequence[int] = REDUCTIONS) -> int:
+    """The largest decode reduction that keeps a ``crop_side``-pixel crop at least ``size`` pixels."""
+    best = 1
+    for k in sorted(allowed):
+        if crop_side / k >= size:
+            best = k
+    return best
+
+
+class FrameSource:
+    """The ordered frames of one video. Subclasses implement :meth:`_decode_batch`."""
+
+    supports_reduce = False
+
+    def __init__(self, video: str, color: bool, threads: int = 2):
+        self.video = video
+        self.color = bool(color)
+        self.threads = max(1, int(threads))
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def label(self, position: int) -> str:
+        """What to name in messages for frame ``position`` (its file, or ``file#index``)."""
+        raise NotImplementedError
+
+    def read(self, position: int, reduce: int = 1) -> np.ndarray:
+        """Decode one frame (raises :class:`BadFrameError`)."""
+        raise NotImplementedError
+
+    def map(self, func: Callable[[int, np.ndarray], Any], positions: Sequence[int] | None = None,
+            reduce: int = 1, batch: int = 64) -> Iterator[tuple[int, Any]]:
+        """Yield ``(position, func(position, frame))`` in order; a bad frame yields its BadFrameError.
+
+        Work runs in ``threads`` threads, ``batch`` frames in flight at most.
+        """
+        positions = list(range(len(self)) if positions is None else positions)
+        batch = max(1, int(batch))
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            yield from self._map_positions(pool, func, positions, reduce, batch)
+
+    def _map_positions(self, pool: ThreadPoolExecutor, func: Callable[[int, np.ndarray], Any],
+                       positions: list[int], reduce: int, batch: int) -> Iterator[tuple[int, Any]]:
+        for start in range(0, len(positions), batch):
+            chunk = positions[start:start + batch]
+            yield from zip(chunk, self._map_batch(pool, func, chunk, reduce))
+
+    def _map_batch(self, pool: ThreadPoolExecutor, func: Callable[[int, np.ndarray], Any],
+                   chunk: Sequence[int], reduce: int) -> list[Any]:
+        raise NotImplementedError
+
+
+def _apply(func: Callable[[int, np.ndarray], Any], position: int, frame: np.ndarray) -> Any:
+    return func(position, frame)
+
+
+class ImageFolderSource(FrameSource):
+    """Frames stored as one image file each (CAS(ME)^2 ``rawpic``, SAMM-LV folders)."""
+
+    supports_reduce = True
+
+    def __init__(self, video: str, paths: Sequence[str | Path], color: bool, threads: int = 2):
+        super().__init__(video, color, threads)
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def label(self, position: int) -> str:
+        return self.paths[position]
+
+    def read(self, position: int, reduce: int = 1) -> np.ndarray:
+        try:
+            return read_image(self.paths[position], color=self.color, reduce=reduce)
+        except BadFrameError as exc:
+            raise BadFrameError(f"video {self.video}, frame {position}: {exc}", exc.path, position) from None
+
+    def _one(self, func: Callable[[int, np.ndarray], Any], position: int, reduce: int) -> Any:
+        try:
+            frame = self.read(position, reduce)
+        except BadFrameError as exc:
+            return exc
+        return func(position, frame)
+
+    def _map_positions(self, pool, func, positions, reduce, batch):
+        # a sliding window of ``batch`` frames in flight: no idle threads at batch boundaries
+        window: deque = deque()
+        for pos in positions:
+            window.append((pos, pool.submit(self._one, func, pos, reduce)))
+            if len(window) >= batch:
+                p, fut = window.popleft()
+                yield p, fut.result()
+        while window:
+            p, fut = window.popleft()
+            yield p, fut.result()
+
+
+class VideoFileSource(FrameSource):
+    """Frames decoded from one video file with decord; ``indices`` are 0-based decode indices."""
+
+    def __init__(self, video: str, path: str | Path, indices: Sequence[int], color: bool, threads: int = 2):
+        super().__init__(video, color, threads)
+        self.path = str(path)
+        self.indices = [int(i) for i in indices]
+        self._reader = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def label(self, position: int) -> str:
+        return f"{self.path}#{self.indices[position]}"
+
+    def _open(self):
+        if self._reader is None:
+            import decord
+
+            if not Path(self.path).is_file():
+                raise InputError(f"video {self.video}: video file {self.path} not found. "
+                                 "Check videos.csv: source and the dataset root.")
+            try:
+                self._reader = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=self.threads)
+            except Exception as exc:  # decord raises its own DECORDError for any broken file
+                raise InputError(f"video {self.video}: {self.path} cannot be opened as a video ({exc}). "
+                                 "Re-encode or restore the file.") from exc
+            n = len(self._reader)
+            bad = [i for i in self.indices if i < 0 or i >= n]
+            if bad:
+                raise InputError(f"video {self.video}: {self.path} has {n} frames but frames.csv asks for "
+                                 f"decode index {bad[0]}. Rerun ingest and resample on this dataset.")
+        return self._reader
+
+    def _decode(self, chunk: Sequence[int]) -> list[np.ndarray | BadFrameError]:
+        reader = self._open()
+        wanted = [self.indices[p] for p in chunk]
+        try:
+            frames = list(reader.get_batch(wanted).asnumpy())
+        except Exception as exc:  # noqa: BLE001 - fall back to one frame at a time to name the bad one
+            log.debug("%s: batch decode failed (%s), decoding one by one", self.path, exc)
+            frames = []
+            for p, i in zip(chunk, wanted):
+                try:
+                    reader.seek(i)
+                    frames.append(reader.next().asnumpy())
+                except Exception as exc1:  # noqa: BLE001
+                    frames.append(BadFrameError(f"video {self.video}: {self.path}: frame {i} cannot be decoded "
+                                                f"({exc1}). Re-encode or restore the file.", self.label(p), p))
+        if not self.color:
+            frames = [f if isinstance(f, BadFrameError) else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        return frames
+
+    def read(self, position: int, reduce: int = 1) -> np.ndarray:
+        frame = self._decode([position])[0]
+        if isinstance(frame, BadFrameError):
+            raise frame
+        return frame
+
+    def _map_batch(self, pool, func, chunk, reduce):
+        frames = self._decode(chunk)
+        return list(pool.map(lambda pf: pf[1] if isinstance(pf[1], BadFrameError) else func(*pf),
+                             zip(chunk, frames)))
+
+
+def open_source(video: str, kind: str, source: str | Path, color: bool, source_frames: Sequence[int],
+                paths: Sequence[str] | None = None, threads: int = 2) -> FrameSource:
+    """The frame source of one video from its ``videos.csv`` row and ``frames.csv`` rows.
+
+    ``kind`` is ``frames`` (``paths`` are the image files) or ``file`` (``source`` is the
+    video file and ``source_frames`` its 0-based decode indices).
+    """
+    if kind == "frames":
+        paths = list(paths or [])
+        missing = [i for i, p in enumerate(paths) if not p]
+        if missing or len(paths) != len(source_frames):
+            raise InputError(f"video {video}: frames.csv has no image path for frame {missing[0] if missing else 0}. "
+                             "Rerun ingest and resample on this dataset.")
+        return ImageFolderSource(video, paths, color, threads)
+    if kind == "file":
+        return VideoFileSource(video, source, source_frames, color, threads)
+    raise InputError(f"video {video}: videos.csv kind '{kind}' is not 'frames' or 'file'. Rerun ingest.")
