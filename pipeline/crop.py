@@ -36,7 +36,7 @@ import numpy as np
 from .decode import BadFrameError, FrameSource, choose_reduction, open_source
 from .errors import ConfigError, InputError
 from .faces import Detection, FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
-from .h5io import atomic_h5, remove_partials, write_attrs
+from .h5io import atomic_h5, remove_partials, remove_stale, write_attrs
 from .params import digest
 from .runner import VideoTask, map_videos
 from .stage import StageContext, stage_main
@@ -472,6 +472,9 @@ def run(ctx: StageContext) -> None:
     if removed:
         log.info("crop: removed %d partial file(s) left by an interrupted run", removed)
     tasks = build_tasks(videos, frames, ctx.paths.faces, section)
+    stale = remove_stale(ctx.paths.faces, {t.video for t in tasks})
+    if stale:
+        log.info("crop: removed %d output(s) of videos no longer in the tables: %s", len(stale), ", ".join(stale))
     results = map_videos(crop_video, tasks, stage="crop", parallel=ctx.parallel)
     n_warn = sum(bool(r.get("warnings")) for r in results.values())
     log.info("crop@%s: %d video(s) cropped, %d with warnings, %d already complete",

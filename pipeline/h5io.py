@@ -133,3 +133,22 @@ def remove_partials(directory: str | Path) -> int:
         tmp.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def remove_stale(directory: str | Path, keep: "set[str] | list[str]", suffix: str = ".h5") -> list[str]:
+    """Delete per-video files in ``directory`` whose video is not in ``keep``; return their names.
+
+    A video dropped from the tables (or a renamed one) must not leave its old output
+    behind for later stages to read. Temporary files from interrupted writes go too.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    keep = set(keep)
+    removed = []
+    for path in sorted(directory.glob(f"*{suffix}")):
+        if path.name[: -len(suffix)] not in keep:
+            path.unlink()
+            removed.append(path.name)
+    remove_partials(directory)
+    return removed

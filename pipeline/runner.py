@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -82,6 +84,21 @@ def pending(tasks: Iterable[VideoTask]) -> tuple[list[VideoTask], list[VideoTask
     return todo, done
 
 
+def importable(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The same function looked up in its real module when it was defined in ``__main__``.
+
+    ``python -m pipeline.crop`` runs the stage module as ``__main__``; worker processes
+    cannot import that name, so its functions would be pickled by value (and lose the
+    module's state). Resolving them to ``pipeline.crop.<name>`` pickles them by reference.
+    """
+    if getattr(func, "__module__", None) != "__main__":
+        return func
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None or not spec.name:
+        return func
+    return getattr(importlib.import_module(spec.name), func.__name__, func)
+
+
 def _guarded(func: Callable[[VideoTask], Any], task: VideoTask) -> tuple[str, bool, Any]:
     """Run ``func(task)`` and turn any exception into a one-line reason."""
     try:
@@ -107,6 +124,7 @@ def map_videos(
     ``fail_fast``) when any video failed; outputs of the others are kept.
     """
     cfg = parallel or ParallelConfig()
+    func = importable(func)
     todo, done = pending(tasks)
     if done:
         log.info("%s: %d of %d videos already complete, skipped", stage, len(done), len(tasks))

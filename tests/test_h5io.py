@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.h5io import (COMPLETE_ATTR, DIGEST_ATTR, atomic_h5, file_digest, is_complete, read_attr_json,
-                           remove_partials, write_attrs)
+                           remove_partials, remove_stale, write_attrs)
 from pipeline.runner import VideoTask, pending
 
 
@@ -110,3 +110,14 @@ def test_disk_full_while_writing_leaves_no_complete_file(tmp_path):
     assert not out.exists()
     assert not is_complete(out, "d")
     assert list(tmp_path.iterdir()) == []   # the temporary file was removed too
+
+
+def test_remove_stale_keeps_listed_videos_only(tmp_path):
+    for name in ("a", "b", "c"):
+        with atomic_h5(tmp_path / f"{name}.h5", "d") as f:
+            f["x"] = np.arange(3)
+    (tmp_path / ".b.h5.1234abcd.partial").write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("kept")
+    assert remove_stale(tmp_path, {"a", "c"}) == ["b.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "c.h5", "notes.txt"]
+    assert remove_stale(tmp_path / "missing", {"a"}) == []

@@ -154,3 +154,35 @@ def test_parallel_config_from_params():
     assert ParallelConfig.from_params({"fail_fast": True}, fail_fast=None).fail_fast is True
     with pytest.raises(ConfigError, match="parallel.backend 'ray' is not one of"):
         ParallelConfig.from_params({"backend": "ray"})
+
+
+def test_stage_functions_run_as_main_are_resolved_to_their_module(tmp_path):
+    """`python -m pkg.mod` defines functions in __main__; loky workers must get them by reference."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pkg = tmp_path / "stagepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text(textwrap.dedent('''
+        import functools, os
+        from pipeline.runner import ParallelConfig, VideoTask, importable, map_videos
+
+        @functools.lru_cache(maxsize=None)
+        def _cached():   # module state that only exists when the function is used by reference
+            return os.getpid()
+
+        def work(task):
+            return _cached() > 0
+
+        if __name__ == "__main__":
+            assert importable(work).__module__ == "stagepkg.mod"
+            tasks = [VideoTask(f"v{i}", None, "d") for i in range(4)]
+            out = map_videos(work, tasks, stage="t", parallel=ParallelConfig(backend="loky", n_jobs=2))
+            assert out == {f"v{i}": True for i in range(4)}, out
+            print("ok")
+    '''))
+    proc = subprocess.run([sys.executable, "-m", "stagepkg.mod"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
