@@ -1,0 +1,221 @@
+"""Throughput and accuracy of Dual TV-L1: OpenCV (1 process, all cores) vs the PyTorch batch solver.
+
+Prints one JSON document (and writes it to ``--out FILE``) with the machine, the card
+and, for default OpenCV parameters:
+
+* pairs/s at 224x224: opencv 1 process, opencv all cores (one process per core, one
+  thread each), torch on CPU (small sample), torch on the GPU eager and compiled (+ CUDA
+  graphs), and the GPU / opencv-all-cores ratio from the same run;
+* pairs/s of the compiled GPU path at 112 and 400 px; peak GPU memory per pair;
+* accuracy on face pairs warped by known smooth sub-pixel fields
+  (:mod:`pipeline.flow_truth`): EPE vs truth of both implementations and the
+  distribution of the per-pair torch-vs-opencv mean EPE;
+* how much batch work the early stop's freezing wasted (``efficiency``).
+
+Usage (from the repository root)::
+
+    python -m benchmarks.bench_flow --quick --out benchmarks/flow_quick.json
+
+``--quick`` finishes in a few minutes on a 16-core GPU machine, compilation included.
+No figure here is asserted by any test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.flow_truth import endpoint_error, warped_pair
+from pipeline.tvl1_opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel
+from pipeline.tvl1_torch import SolveStats, TorchTVL1
+
+log = logging.getLogger("bench_flow")
+
+
+def make_pairs(size: int, n: int, unique: int, seed0: int = 0, source: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` face pairs (``unique`` distinct ones, tiled) with amplitudes 0.3-2.5 px, and their truth."""
+    base = []
+    for k in range(min(n, unique)):
+        amp = 0.3 + 2.2 * ((k * 0.618) % 1.0)
+        base.append(warped_pair(size, amp, seed0 + k, source))
+    idx = [k % len(base) for k in range(n)]
+    return (np.stack([base[k][0] for k in idx]), np.stack([base[k][1] for k in idx]),
+            np.stack([base[k][2] for k in idx]))
+
+
+def _ocv_worker(args: tuple[np.ndarray, np.ndarray, dict[str, Any]]) -> np.ndarray:
+    cv2.setNumThreads(1)
+    i0, i1, kw = args
+    algo = create_opencv_tvl1(TVL1Params(**kw))
+    return np.stack([algo.calc(a, b, None) for a, b in zip(i0, i1)])
+
+
+def bench_opencv(i0: np.ndarray, i1: np.ndarray, params: TVL1Params, procs: int) -> tuple[float, np.ndarray]:
+    """(pairs/s, flows) with ``procs`` single-threaded processes (1: in this process)."""
+    kw = {f: getattr(params, f) for f in params.__dataclass_fields__}
+    if procs == 1:
+        t = time.perf_counter()
+        flows = _ocv_worker((i0, i1, kw))
+        return len(i0) / (time.perf_counter() - t), flows
+    chunks = [(i0[k::procs], i1[k::procs], kw) for k in range(procs)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(procs) as pool:
+        pool.map(_ocv_worker, [(c[0][:1], c[1][:1], kw) for c in chunks])       # start-up outside the timing
+        t = time.perf_counter()
+        parts = pool.map(_ocv_worker, chunks)
+        rate = len(i0) / (time.perf_counter() - t)
+    flows = np.empty((len(i0), *i0.shape[1:], 2), np.float32)
+    for k, part in enumerate(parts):
+        flows[k::procs] = part
+    return rate, flows
+
+
+def bench_torch(i0: np.ndarray, i1: np.ndarray, params: TVL1Params, device: str, batch: int, *,
+                compile: bool, graphs: bool, subpixel: int, warm: bool = True) -> dict[str, Any]:
+    """pairs/s of :class:`TorchTVL1` (after one warm-up batch when ``warm``), peak memory, flows."""
+    solver = TorchTVL1(params, device, compile=compile, cuda_graphs=graphs, max_batch=batch,
+                       remap_subpixel=subpixel)
+    res: dict[str, Any] = {"device": device, "compile": compile, "cuda_graphs": solver.cuda_graphs,
+                           "batch": batch, "pairs": len(i0)}
+    cuda = device.startswith("cuda")
+    if warm:
+        t = time.perf_counter()
+        solver.flow_batched(i0[:batch], i1[:batch])
+        if cuda:
+            torch.cuda.synchronize()
+        res["warmup_s"] = round(time.perf_counter() - t, 2)
+    solver.stats = SolveStats()                           # count the timed run only
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    flows = solver.flow_batched(i0, i1).float().cpu().numpy()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    res["pairs_per_s"] = round(len(i0) / dt, 2)
+    res["seconds"] = round(dt, 3)
+    res["efficiency"] = round(solver.stats.efficiency, 3)
+    its = np.asarray(solver.stats.per_pair_iterations)
+    res["iterations_per_pair"] = {"mean": round(float(its.mean()), 1), "p50": round(float(np.median(its)), 1),
+                                  "max": round(float(its.max()), 1)}
+    if cuda:
+        res["peak_mem_per_pair_mb"] = round(torch.cuda.max_memory_allocated() / min(batch, len(i0)) / 2**20, 2)
+    res["_flows"] = flows
+    return res
+
+
+def accuracy(flows: np.ndarray, truth: np.ndarray) -> float:
+    return round(float(np.mean([endpoint_error(f, g, 4) for f, g in zip(flows, truth)])), 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small samples (a few minutes on a GPU machine)")
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--batch", type=int, default=1024, help="GPU batch at 224 px")
+    ap.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="processes for opencv all cores")
+    ap.add_argument("--no-gpu", action="store_true", help="skip the GPU measurements")
+    ap.add_argument("--image", help="RGB face image to warp (default: scikit-image's astronaut; the face "
+                    "must fill its 105:345 x 10:250 box, see pipeline/flow_truth.py)")
+    ap.add_argument("--cpu-threads", type=int, default=1, help="torch threads for the torch-CPU figure")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    q = args.quick
+    params = TVL1Params()                                  # OpenCV's defaults
+    subpixel = opencv_remap_subpixel()
+    cuda = torch.cuda.is_available() and not args.no_gpu
+    out: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "opencv": cv2.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if cuda else None},
+        "params": params.as_dict(), "opencv_remap_subpixel": subpixel, "quick": q,
+    }
+    source = None
+    if args.image:
+        bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
+        if bgr is None or min(bgr.shape[:2]) < 350:
+            ap.error(f"--image {args.image}: not readable or smaller than 350 px")
+        source = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    log.info("making pairs")
+    n_ocv1 = 4 if q else 16
+    n_ocvn = args.procs * (4 if q else 8)
+    i0, i1, gt = make_pairs(224, max(n_ocvn, n_ocv1), unique=max(n_ocvn, n_ocv1), source=source)
+    log.info("opencv, 1 process")
+    r1, f1 = bench_opencv(i0[:n_ocv1], i1[:n_ocv1], params, 1)
+    log.info("opencv, %d processes", args.procs)
+    rn, fn = bench_opencv(i0[:n_ocvn], i1[:n_ocvn], params, args.procs)
+    out["opencv_1proc_224"] = {"pairs_per_s": round(r1, 3), "pairs": n_ocv1}
+    out["opencv_all_cores_224"] = {"pairs_per_s": round(rn, 2), "pairs": n_ocvn, "procs": args.procs}
+    out["epe_vs_truth_224"] = {"opencv": accuracy(fn, gt[:n_ocvn])}
+
+    log.info("torch, CPU (%d thread(s))", args.cpu_threads)
+    torch.set_num_threads(args.cpu_threads)
+    n_cpu = 2 if q else 4
+    rc = bench_torch(i0[:n_cpu], i1[:n_cpu], params, "cpu", n_cpu, compile=False, graphs=False,
+                     subpixel=subpixel, warm=False)
+    flows_cpu = rc.pop("_flows")
+    rc["threads"] = args.cpu_threads
+    out["torch_cpu_224"] = rc
+    agree = [endpoint_error(a, b) for a, b in zip(flows_cpu, fn[:n_cpu])]
+    out["torch_cpu_vs_opencv_epe"] = [round(float(a), 5) for a in agree]
+
+    if cuda:
+        dev = "cuda"
+        n_eager = 128 if q else 512
+        log.info("torch, GPU eager")
+        re_ = bench_torch(i0[:min(n_eager, len(i0))], i1[:min(n_eager, len(i0))], params, dev,
+                          min(n_eager, len(i0)), compile=False, graphs=False, subpixel=subpixel)
+        re_.pop("_flows")
+        out["torch_gpu_eager_224"] = re_
+        n_gpu = 2048 if q else 8192
+        g0, g1, ggt = make_pairs(224, n_gpu, unique=128 if q else 512, seed0=1000, source=source)
+        log.info("torch, GPU compiled + CUDA graphs (%d pairs)", n_gpu)
+        rg = bench_torch(g0, g1, params, dev, args.batch, compile=True, graphs=True, subpixel=subpixel)
+        rg_flows = rg.pop("_flows")
+        out["torch_gpu_compiled_224"] = rg
+        out["gpu_over_opencv_all_cores"] = round(rg["pairs_per_s"] / rn, 2)
+        out["epe_vs_truth_224"]["torch_gpu"] = accuracy(rg_flows[:256], ggt[:256])
+        # agreement: the GPU solver on exactly the pairs OpenCV solved
+        ra = bench_torch(i0[:n_ocvn], i1[:n_ocvn], params, dev, args.batch, compile=True, graphs=True,
+                         subpixel=subpixel, warm=False)
+        fa = ra.pop("_flows")
+        out["epe_vs_truth_224"]["torch_gpu_same_pairs"] = accuracy(fa, gt[:n_ocvn])
+        d = np.array([endpoint_error(a, b) for a, b in zip(fa, fn)])
+        out["agreement_torch_vs_opencv_224"] = {
+            "pairs": len(d), "mean": round(float(d.mean()), 5),
+            "percentiles": {str(p): round(float(np.percentile(d, p)), 5) for p in (0, 10, 50, 90, 99, 100)}}
+        if not q:
+            log.info("torch, GPU compiled without CUDA graphs")
+            rng_ = bench_torch(g0[:4096], g1[:4096], params, dev, args.batch, compile=True, graphs=False,
+                               subpixel=subpixel)
+            rng_.pop("_flows")
+            out["torch_gpu_compiled_nographs_224"] = rng_
+        for size, batch, n in ((112, 4 * args.batch, 4096 if q else 16384), (400, max(1, args.batch // 4),
+                                                                            512 if q else 2048)):
+            log.info("torch, GPU compiled at %d px", size)
+            s0, s1, _ = make_pairs(size, n, unique=64, seed0=2000, source=source)
+            rs = bench_torch(s0, s1, params, dev, batch, compile=True, graphs=True, subpixel=subpixel)
+            rs.pop("_flows")
+            out[f"torch_gpu_compiled_{size}"] = rs
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,395 @@
+"""Stage ``flow``: Dual TV-L1 optical flow between consecutive face crops.
+
+Reads ``data/<ds>/faces/<video>.h5`` (``frames`` uint8 [T, H, W, C], C 3 or 1),
+converts the frames to grayscale like ``cv2.cvtColor`` and writes
+``data/<ds>/flow/<video>.h5``: ``flow`` float16 [T-1, H, W, 2] (u, v in pixels at crop
+resolution) with attrs ``impl`` and every TV-L1 parameter.
+
+Two implementations of the same algorithm (``flow.impl``):
+
+* ``opencv`` -- ``cv2.optflow.DualTVL1OpticalFlow``, one thread per process, videos
+  spread over processes by :func:`pipeline.runner.map_videos`;
+* ``torch`` -- :class:`pipeline.tvl1_torch.TorchTVL1`, pairs from many videos batched
+  in one process on the GPU; each video is still written atomically and skipped when
+  complete;
+* ``auto`` -- ``torch`` when CUDA is available, ``opencv`` otherwise.
+
+Colour frames are taken to be stored in RGB order (``flow.channel_order``; set it to
+``bgr`` if a faces file was written from OpenCV's BGR frames).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, InputError, M2esError, StageFailed
+from .h5io import COMPLETE_ATTR, atomic_h5, file_digest, remove_partials, write_attrs
+from .params import digest
+from .runner import VideoTask, map_videos, pending
+from .stage import StageContext, stage_main
+from .tvl1_opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel, to_gray
+
+log = logging.getLogger(__name__)
+
+STAGE = "flow"
+VERSION = 1
+IMPLS = ("opencv", "torch", "auto")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The non-algorithmic knobs of the ``flow`` section (speed and storage; results unchanged)."""
+
+    impl: str = "auto"
+    channel_order: str = "rgb"
+    device: str = "auto"
+    batch_pairs: int = 1024
+    compile: bool = True
+    cuda_graphs: bool = True
+    check_every: int = 10
+    remap_subpixel: str | int = "auto"
+    compression: str | None = "lzf"
+    debug_oom_above_batch: int = 0
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> "FlowConfig":
+        """Read and validate the ``flow`` params section."""
+        d = cls()
+        kw = {k: section.get(k, getattr(d, k)) for k in d.__dataclass_fields__}
+        cfg = cls(**kw)
+        if cfg.impl not in IMPLS:
+            raise ConfigError(f"params.yaml: flow.impl '{cfg.impl}' must be one of {', '.join(IMPLS)}.")
+        if cfg.channel_order not in ("rgb", "bgr"):
+            raise ConfigError(f"params.yaml: flow.channel_order '{cfg.channel_order}' must be rgb or bgr.")
+        if int(cfg.batch_pairs) < 1 or int(cfg.check_every) < 1:
+            raise ConfigError("params.yaml: flow.batch_pairs and flow.check_every must be >= 1.")
+        if cfg.remap_subpixel not in ("auto", 0, 32):
+            raise ConfigError(f"params.yaml: flow.remap_subpixel '{cfg.remap_subpixel}' must be auto, 0 (exact, "
+                              "OpenCV 5.x) or 32 (1/32 pixel, OpenCV 4.x).")
+        if cfg.compression not in (None, "lzf", "gzip"):
+            raise ConfigError(f"params.yaml: flow.compression '{cfg.compression}' must be lzf, gzip or null.")
+        return cfg
+
+
+def resolve_impl(impl: str, device: str = "auto") -> str:
+    """``opencv`` or ``torch`` for the configured ``impl`` (``auto``: torch only with CUDA)."""
+    if impl not in IMPLS:
+        raise ConfigError(f"params.yaml: flow.impl '{impl}' must be one of {', '.join(IMPLS)}.")
+    if impl != "auto":
+        return impl
+    import torch
+    if device not in ("auto",) and not str(device).startswith("cuda"):
+        return "opencv"
+    return "torch" if torch.cuda.is_available() else "opencv"
+
+
+def algorithm_identity(tvl1: TVL1Params, cfg: FlowConfig, impl: str) -> dict[str, Any]:
+    """What determines a flow file's values (the stage part of its digest and its attrs)."""
+    ident: dict[str, Any] = {"impl": impl, "channel_order": cfg.channel_order, **tvl1.as_dict()}
+    if impl == "torch":
+        ident["remap_subpixel"] = (opencv_remap_subpixel() if cfg.remap_subpixel == "auto"
+                                   else int(cfg.remap_subpixel))
+    return ident
+
+
+# --------------------------------------------------------------------------- I/O
+def read_faces(path: Path, video: str) -> np.ndarray:
+    """The ``frames`` of a faces file, checked: uint8 [T, H, W, C] with C 1 or 3."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get(COMPLETE_ATTR, False)):
+                raise InputError(f"{path} (video {video}): faces file is incomplete. Rerun the crop stage.")
+            if "frames" not in f:
+                raise InputError(f"{path} (video {video}): no 'frames' dataset. Rerun the crop stage.")
+            frames = f["frames"][()]
+    except OSError as exc:
+        raise InputError(f"{path} (video {video}): cannot read the faces file ({exc}). Rerun the crop stage.") from exc
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+        raise InputError(f"{path} (video {video}): frames are {frames.dtype} {frames.shape}, expected uint8 "
+                         "[T, H, W, C] with C = 1 or 3. Rerun the crop stage.")
+    if frames.shape[0] < 2:
+        raise InputError(f"{path} (video {video}): has {frames.shape[0]} frame(s); flow needs at least 2 "
+                         "(no pairs, no file written). Drop the video from the dataset or fix its frames.")
+    if min(frames.shape[1:3]) < 3:
+        raise InputError(f"{path} (video {video}): frames of {frames.shape[1]}x{frames.shape[2]} px are too small "
+                         "for TV-L1. Use a larger crop.size.")
+    return frames
+
+
+def faces_shape(path: Path, video: str) -> tuple[int, ...]:
+    """Shape of ``frames`` without reading the pixels."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "frames" not in f:
+                raise InputError(f"{path} (video {video}): no 'frames' dataset. Rerun the crop stage.")
+            return tuple(f["frames"].shape)
+    except OSError as exc:
+        raise InputError(f"{path} (video {video}): cannot read the faces file ({exc}). Rerun the crop stage.") from exc
+
+
+def to_float16(flow: np.ndarray, video: str) -> np.ndarray:
+    """Flow as float16, refusing NaN/inf (never written) with a message naming the video."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(flow).astype(np.float16)
+    if not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).sum())
+        raise InputError(f"video {video}: TV-L1 produced {bad} non-finite flow value(s); nothing written. "
+                         "Check the faces file for corrupt frames.")
+    return out
+
+
+class FlowWriter(AbstractContextManager):
+    """One flow file being written (atomically) slice by slice as its pairs complete."""
+
+    def __init__(self, task: VideoTask, n_pairs: int, hw: tuple[int, int], attrs: Mapping[str, Any],
+                 params: Mapping[str, Any], compression: str | None) -> None:
+        self.task = task
+        self.n_pairs = n_pairs
+        self.remaining = n_pairs
+        self._cm = atomic_h5(task.output, task.digest, params)
+        self._f = self._cm.__enter__()
+        opts: dict[str, Any] = {"compression": compression} if compression else {}
+        self.dset = self._f.create_dataset("flow", shape=(n_pairs, *hw, 2), dtype=np.float16,
+                                           chunks=(1, *hw, 2), **opts)
+        write_attrs(self._f, {"video": task.video, "n_pairs": n_pairs, **attrs})
+        self.closed = False
+
+    def write(self, start: int, flow16: np.ndarray) -> bool:
+        """Store pairs ``start..start+len``; commit the file when all are in. True when done."""
+        self.dset[start:start + len(flow16)] = flow16
+        self.remaining -= len(flow16)
+        if self.remaining == 0:
+            self.close()
+            return True
+        return False
+
+    def close(self) -> None:
+        """Commit the file (rename to its final name)."""
+        if not self.closed:
+            self.closed = True
+            self._cm.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        """Drop the temporary file; the final name is never created."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self._cm.__exit__(type(exc), exc, exc.__traceback__)
+            except BaseException:  # noqa: BLE001 - atomic_h5 re-raises the exception it was given
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.abort(exc[1])
+
+
+def write_flow(task: VideoTask, flow16: np.ndarray, attrs: Mapping[str, Any], params: Mapping[str, Any],
+               compression: str | None) -> None:
+    """Write a whole flow file at once (atomically)."""
+    with FlowWriter(task, len(flow16), flow16.shape[1:3], attrs, params, compression) as w:
+        w.write(0, flow16)
+
+
+# ------------------------------------------------------------------ opencv path
+def opencv_video(task: VideoTask) -> int:
+    """Per-video function of the opencv path (runs in a worker process): returns the pair count."""
+    cv2.setNumThreads(1)
+    pl = task.payload
+    tvl1 = TVL1Params.from_section(pl["section"])
+    frames = read_faces(Path(pl["faces"]), task.video)
+    gray = to_gray(frames, pl["channel_order"], f"{pl['faces']} (video {task.video})")
+    algo = create_opencv_tvl1(tvl1)
+    flow = np.empty((len(gray) - 1, *gray.shape[1:], 2), dtype=np.float16)
+    for t in range(len(gray) - 1):
+        flow[t] = to_float16(algo.calc(gray[t], gray[t + 1], None), task.video)
+    write_flow(task, flow, pl["attrs"], pl["section"], pl["compression"])
+    return len(flow)
+
+
+# ------------------------------------------------------------------- torch path
+def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: Mapping[str, Any],
+              section: Mapping[str, Any], fail_fast: bool = False) -> dict[str, int]:
+    """Batch the pairs of all ``tasks`` across videos through one :class:`TorchTVL1`.
+
+    Videos are grouped by frame size (a batch holds one size), read one ahead in a
+    background thread, and each video's file is committed as soon as its last pair is
+    done. Returns {video: pairs}; raises :class:`StageFailed` listing failed videos.
+    """
+    import torch
+
+    from .device import resolve_device
+    from .tvl1_torch import TorchTVL1
+
+    device = resolve_device(cfg.device)
+    solver = TorchTVL1(tvl1, device, compile=bool(cfg.compile) and device.type == "cuda",
+                       cuda_graphs=bool(cfg.cuda_graphs), check_every=int(cfg.check_every),
+                       remap_subpixel=int(attrs.get("remap_subpixel", 0)), max_batch=int(cfg.batch_pairs),
+                       oom_above=int(cfg.debug_oom_above_batch))
+    failures: dict[str, str] = {}
+    done: dict[str, int] = {}
+    shapes: list[tuple[tuple[int, ...], VideoTask]] = []
+    for task in tasks:
+        try:
+            shapes.append((faces_shape(Path(task.payload["faces"]), task.video), task))
+        except M2esError as exc:
+            failures[task.video] = str(exc)
+    shapes.sort(key=lambda st: (st[0][1:3], st[1].video))
+    total = sum(max(s[0] - 1, 0) for s, _ in shapes)
+
+    def load(task: VideoTask) -> np.ndarray:
+        frames = read_faces(Path(task.payload["faces"]), task.video)
+        return to_gray(frames, cfg.channel_order, f"{task.payload['faces']} (video {task.video})")
+
+    # the pairs waiting for a batch: (writer, first pair index, i0 frames, i1 frames)
+    queue: list[tuple[FlowWriter, int, np.ndarray, np.ndarray]] = []
+    queued = 0
+
+    def fail(writer: FlowWriter, exc: BaseException) -> None:
+        writer.abort(exc)
+        failures[writer.task.video] = str(exc)
+        log.error("%s: %s failed: %s", STAGE, writer.task.video, exc)
+
+    def flush(limit: int, bar: tqdm) -> None:
+        nonlocal queue, queued
+        take: list[tuple[FlowWriter, int, np.ndarray, np.ndarray]] = []
+        n = 0
+        while queue and n < limit:
+            w, t0, a, b = queue[0]
+            k = min(len(a), limit - n)
+            take.append((w, t0, a[:k], b[:k]))
+            if k == len(a):
+                queue.pop(0)
+            else:
+                queue[0] = (w, t0 + k, a[k:], b[k:])
+            n += k
+        queued -= n
+        if not n:
+            return
+        i0 = np.concatenate([x[2] for x in take])
+        i1 = np.concatenate([x[3] for x in take])
+        owners = [(w, t0, len(a)) for w, t0, a, _ in take]
+
+        def on_batch(start: int, flow: torch.Tensor) -> None:
+            f16 = flow.to(torch.float16).cpu().numpy()
+            pos = 0
+            for w, t0, k in owners:
+                lo, hi = max(pos, start), min(pos + k, start + len(f16))
+                if lo < hi and not w.closed:
+                    try:
+                        if w.write(t0 + lo - pos, to_float16(f16[lo - start:hi - start], w.task.video)):
+                            done[w.task.video] = w.n_pairs
+                    except M2esError as exc:
+                        fail(w, exc)
+                pos += k
+            bar.update(len(f16))
+
+        solver.flow_batched(i0, i1, on_batch=on_batch)
+
+    batch = int(cfg.batch_pairs)
+    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(total=total, desc=STAGE, unit="pair") as bar:
+        futures: list[Future | None] = []
+        ordered = [t for _, t in shapes]
+        if ordered:
+            futures.append(pool.submit(load, ordered[0]))
+        current_hw: tuple[int, ...] | None = None
+        for i, (shape, task) in enumerate(shapes):
+            gray_future = futures[i]
+            assert gray_future is not None
+            if i + 1 < len(ordered):
+                futures.append(pool.submit(load, ordered[i + 1]))
+            try:
+                gray = gray_future.result()
+            except M2esError as exc:
+                failures[task.video] = str(exc)
+                log.error("%s: %s failed: %s", STAGE, task.video, exc)
+                if fail_fast:
+                    break
+                continue
+            finally:
+                futures[i] = None                   # free the frames of finished reads
+            if current_hw is not None and gray.shape[1:] != current_hw:
+                flush(queued, bar)                  # a batch holds one frame size
+            current_hw = gray.shape[1:]
+            writer = FlowWriter(task, len(gray) - 1, gray.shape[1:], attrs, section, cfg.compression)
+            queue.append((writer, 0, gray[:-1], gray[1:]))
+            queued += len(gray) - 1
+            while queued >= batch:
+                flush(batch, bar)
+            if fail_fast and failures:
+                break
+        if not (fail_fast and failures):
+            flush(queued, bar)
+    for w, *_ in queue:  # only left when fail_fast stopped early
+        w.abort(RuntimeError("stopped (fail_fast)"))
+    if failures:
+        raise StageFailed(STAGE, failures)
+    return done
+
+
+# ------------------------------------------------------------------------ stage
+def build_tasks(ctx: StageContext, ident: Mapping[str, Any], section: Mapping[str, Any], cfg: FlowConfig
+                ) -> tuple[list[VideoTask], dict[str, str]]:
+    """One task per complete faces file; the digest includes the faces file's ``m2es_digest``."""
+    faces_dir = ctx.paths.faces
+    files = sorted(faces_dir.glob("*.h5")) if faces_dir.is_dir() else []
+    if not files:
+        raise InputError(f"{faces_dir}: no faces files (<video>.h5). Run the crop stage first: "
+                         f"dvc repro crop@{ctx.name}.")
+    tasks, bad = [], {}
+    for path in files:
+        video = path.stem
+        faces_digest = file_digest(path)
+        if faces_digest is None:
+            bad[video] = f"{path}: faces file is incomplete or unreadable. Rerun the crop stage."
+            continue
+        dig = digest({"stage": dict(ident), "inputs": faces_digest, "version": VERSION})
+        tasks.append(VideoTask(video, ctx.paths.h5(ctx.paths.flow, video), dig,
+                               {"faces": str(path), "section": dict(section), "attrs": dict(ident),
+                                "channel_order": cfg.channel_order, "compression": cfg.compression}))
+    return tasks, bad
+
+
+def run(ctx: StageContext) -> None:
+    """Compute the flow of every video of the dataset (skipping complete outputs)."""
+    section = ctx.section()
+    cfg = FlowConfig.from_section(section)
+    tvl1 = TVL1Params.from_section(section)
+    impl = resolve_impl(cfg.impl, cfg.device)
+    ident = algorithm_identity(tvl1, cfg, impl)
+    ident["opencv_version"] = cv2.__version__ if impl == "opencv" else None
+    remove_partials(ctx.paths.flow)
+    tasks, bad = build_tasks(ctx, {k: v for k, v in ident.items() if k != "opencv_version"}, section, cfg)
+    for t in tasks:
+        t.payload["attrs"] = dict(ident)
+    log.info("%s@%s: %d videos, impl %s", STAGE, ctx.name, len(tasks), impl)
+    failures = dict(bad)
+    try:
+        if impl == "opencv":
+            map_videos(opencv_video, tasks, stage=STAGE, parallel=ctx.parallel)
+        else:
+            todo, done = pending(tasks)
+            if done:
+                log.info("%s: %d of %d videos already complete, skipped", STAGE, len(done), len(tasks))
+            run_torch(todo, tvl1, cfg, ident, section, fail_fast=ctx.parallel.fail_fast)
+    except StageFailed as exc:
+        failures.update(exc.failures)
+    if failures:
+        raise StageFailed(STAGE, failures)
+
+
+main = stage_main(STAGE, run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
