@@ -1,0 +1,261 @@
+"""Throughput of the features stage: clips/s per stream, end to end from HDF5, plain vs fast path.
+
+Writes a few synthetic videos (faces uint8 224x224x3, flow float16, lzf-compressed and
+chunked per frame like the crop and flow stages) to a temporary folder, then runs
+:class:`pipeline.features.FeatureExtractor` fed by :class:`pipeline.features.PrefetchReader`
+over that list repeated as many times as needed for ``--seconds`` of work:
+
+* ``plain``: fp32 (TF32 off), contiguous memory, batch ``--plain-batch``;
+* ``fast``: bf16 autocast, channels_last_3d, folded BatchNorm + merged 1x1 branches,
+  optional ``torch.compile`` (``--compile``), batch ``--fast-batch``, reader processes.
+
+For each path: clips/s of the RGB stream alone, the flow stream alone and both together
+(both: clips/s of each stream while both run; the
+models are built and compiled once per path), the model-only rate on a resident batch,
+achieved TFLOP/s (27.8 GFLOP per RGB clip, 25.6 per flow clip, at 224 px) and the
+fraction of the card's dense bf16 matrix peak; the fast path's agreement with the plain
+path (minimum per-clip cosine similarity) on the same video; the reader's frames/s.
+JSON goes to stdout and to ``--out``. ``--quick`` keeps the whole run under ~3 minutes.
+
+Run (GPU machine, repository root): ``python benchmarks/bench_features.py --quick --out bench.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, VideoFeatures,  # noqa: E402
+                               clip_count, probe_video, reader_pool)
+from pipeline.h5io import atomic_h5  # noqa: E402
+
+log = logging.getLogger("bench_features")
+
+GFLOP_PER_CLIP = {"rgb": 27.8, "flow": 25.6}  # Inception I3D, one 8x224x224 clip (reference measurement)
+# Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, most specific first.
+BF16_PEAKS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+              ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0))
+
+
+def card_peak(name: str) -> float | None:
+    """The dense bf16 peak of a card, from its name (None when unknown)."""
+    for fragment, peak in BF16_PEAKS:
+        if fragment in name:
+            return peak
+    return None
+
+
+def synthetic_video(n_frames: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth moving frames uint8 [T, H, W, 3] and smooth flow float16 [T-1, H, W, 2] (pixels)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n_frames // 8 + 2, 3, 8, 8, generator=gen) * 255
+    idx = torch.linspace(0, coarse.shape[0] - 1.001, n_frames)
+    lo, w = idx.long(), (idx - idx.long())[:, None, None, None]
+    small = coarse[lo] * (1 - w) + coarse[lo + 1] * w
+    frames = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    frames = (frames + torch.randn(frames.shape, generator=gen) * 4).clamp(0, 255).to(torch.uint8)
+    flow = torch.randn(n_frames - 1, 2, 6, 6, generator=gen) * 5
+    flow = torch.nn.functional.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
+    return frames.permute(0, 2, 3, 1).contiguous().numpy(), flow.permute(0, 2, 3, 1).half().contiguous().numpy()
+
+
+def write_inputs(root: Path, n_videos: int, n_frames: int, size: int, compression: str | None) -> list[tuple]:
+    """Faces and flow files as the crop and flow stages write them; returns (video, faces, flow) paths."""
+    out = []
+    opts = {"compression": compression} if compression else {}
+    for k in range(n_videos):
+        frames, flow = synthetic_video(n_frames, size, seed=k)
+        video = f"bench_{k}"
+        faces_path, flow_path = root / "faces" / f"{video}.h5", root / "flow" / f"{video}.h5"
+        with atomic_h5(faces_path, f"faces-{k}") as f:
+            f.create_dataset("frames", data=frames, chunks=(1, size, size, 3), **opts)
+        with atomic_h5(flow_path, f"flow-{k}") as f:
+            f.create_dataset("flow", data=flow, chunks=(1, size, size, 2), **opts)
+        out.append((video, faces_path, flow_path))
+    return out
+
+
+def make_config(path: str, args: argparse.Namespace) -> FeatureConfig:
+    """The plain or fast feature config of this benchmark."""
+    common = {"allow_random_init": True, "input_size": args.size, "device": args.device, "prefetch": 4}
+    if path == "plain":
+        return FeatureConfig.from_params({**common, "precision": "fp32", "batch_size": args.plain_batch,
+                                          "read_workers": args.read_workers})
+    return FeatureConfig.from_params({**common, "precision": "bf16", "channels_last": True, "fuse": True,
+                                      "compile": args.compile, "batch_size": args.fast_batch,
+                                      "read_workers": args.read_workers})
+
+
+def run_stream_set(extractor: FeatureExtractor, probes: list, pin: bool, workers: int, pool: Any) -> tuple[int, float]:
+    """Clips per stream and seconds for one end-to-end pass over ``probes``."""
+    clips = 0
+    sync = torch.cuda.synchronize if extractor.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    with PrefetchReader(probes, prefetch=4, workers=workers, pin=pin, pool=pool) as reader:
+        for result in extractor.run(reader):
+            if not isinstance(result, VideoFeatures):
+                raise RuntimeError(f"{result.video}: {result.reason}")
+            clips += next(iter(result.features.values())).shape[0]
+    sync()
+    return clips, time.perf_counter() - start
+
+
+def model_only(extractor: FeatureExtractor, stream: str, batch: int, reps: int) -> float:
+    """Clips/s of the model on a resident batch (no I/O, no preparation)."""
+    cfg = extractor.cfg
+    channels = 3 if stream == "rgb" else 2
+    x = torch.randn(batch, channels, cfg.clip, cfg.input_size, cfg.input_size, device=extractor.device)
+    x = x.to(extractor.dtype).contiguous(memory_format=extractor.memory_format)
+    fn = extractor._fns[stream]
+    sync = torch.cuda.synchronize if extractor.device.type == "cuda" else (lambda: None)
+    with extractor._inference():
+        fn(x)
+        sync()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn(x)
+        sync()
+    return batch * reps / (time.perf_counter() - start)
+
+
+def bench_path(path: str, args: argparse.Namespace, inputs: list[tuple], peak: float | None,
+               pool: Any) -> tuple[dict[str, Any], FeatureExtractor]:
+    """All measurements of one path (plain or fast)."""
+    cfg = make_config(path, args)
+    pin = cfg.device != "cpu" and torch.cuda.is_available()
+    probes = [probe_video(*item) for item in inputs]
+    per_video = clip_count(probes[0].n_frames, cfg.clip, cfg.stride)
+    out: dict[str, Any] = {"config": {k: v for k, v in cfg.__dict__.items() if not k.startswith("weights")}}
+    results = []
+    t0 = time.perf_counter()
+    full = FeatureExtractor(cfg)  # both models, each compiled once (on its first batch) when --compile
+    for streams in (("rgb",), ("flow",), ("rgb", "flow")):
+        extractor = full.subset(streams)
+        t1 = time.perf_counter()
+        run_stream_set(extractor, probes[:1], pin, cfg.read_workers, pool)  # warm-up (compiles, autotunes)
+        setup_s = time.perf_counter() - t1 + (t1 - t0 if streams == ("rgb",) else 0.0)
+        clips, secs = run_stream_set(extractor, probes, pin, cfg.read_workers, pool)
+        rate = clips / secs
+        reps = max(1, int(np.ceil(args.seconds * rate / (per_video * len(probes)))))
+        if reps > 1:
+            clips, secs = run_stream_set(extractor, probes * reps, pin, cfg.read_workers, pool)
+            rate = clips / secs
+        gflop = sum(GFLOP_PER_CLIP[s] for s in streams) / len(streams) * (args.size / 224) ** 2
+        entry = {"streams": "+".join(streams), "clips_per_stream": clips, "seconds": round(secs, 3),
+                 "clips_per_s_per_stream": round(rate, 1), "setup_and_warmup_s": round(setup_s, 1),
+                 "tflops": round(rate * gflop * len(streams) / 1e3, 1)}
+        if peak:
+            entry["bf16_peak_fraction"] = round(rate * gflop * len(streams) / 1e3 / peak, 4)
+        if len(streams) == 1 and args.model_only_reps:
+            mrate = model_only(extractor, streams[0], cfg.batch_size, args.model_only_reps)
+            entry["model_only_clips_per_s"] = round(mrate, 1)
+            if peak:
+                entry["model_only_bf16_peak_fraction"] = round(mrate * gflop / 1e3 / peak, 4)
+        log.info("%s %s: %.0f clips/s per stream (%d clips, %.1f s)", path, entry["streams"], rate, clips, secs)
+        results.append(entry)
+    out["results"] = results
+    return out, full
+
+
+def agreement(plain: FeatureExtractor, fast: FeatureExtractor, inputs: list[tuple]) -> dict[str, float]:
+    """Minimum per-clip cosine similarity of the fast path's features to the plain path's (same video)."""
+    from pipeline.features import read_video
+
+    item = read_video(probe_video(*inputs[0]))
+    ref, got = plain.extract(item), fast.extract(item)
+    out = {}
+    for s in ("rgb", "flow"):
+        cos = torch.nn.functional.cosine_similarity(torch.from_numpy(ref[s]), torch.from_numpy(got[s]), dim=1)
+        out[f"min_cosine_{s}"] = round(float(cos.min()), 6)
+    return out
+
+
+def reader_rate(inputs: list[tuple], workers: int, pool: Any = None) -> dict[str, float]:
+    """Frames/s the prefetching reader delivers alone (HDF5 read + decompression)."""
+    probes = [probe_video(*item) for item in inputs]
+    start = time.perf_counter()
+    frames = 0
+    with PrefetchReader(probes, prefetch=4, workers=workers, pool=pool if workers else None) as reader:
+        for item in reader:
+            frames += item.probe.n_frames
+    secs = time.perf_counter() - start
+    return {"workers": workers, "frames_per_s": round(frames / secs, 1), "frames": frames}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmark, print JSON."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small inputs and short timings (< ~3 min incl. compile)")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--videos", type=int, default=None, help="distinct videos written (default 4, quick 2)")
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default 1001, quick 401)")
+    p.add_argument("--seconds", type=float, default=None, help="target seconds per timed pass (default 15, quick 5)")
+    p.add_argument("--plain-batch", type=int, default=64)
+    p.add_argument("--fast-batch", type=int, default=256)
+    p.add_argument("--compile", action="store_true", help="torch.compile on the fast path")
+    p.add_argument("--read-workers", type=int, default=None, help="reader processes (default min(8, cores - 2))")
+    p.add_argument("--compression", default="lzf", choices=["lzf", "gzip", "none"])
+    p.add_argument("--model-only-reps", type=int, default=None, help="batches for the model-only rate (0: skip)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, if not detected")
+    p.add_argument("--paths", default="plain,fast")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args.videos = args.videos or (2 if args.quick else 4)
+    args.frames = args.frames or (401 if args.quick else 1001)
+    args.seconds = args.seconds if args.seconds is not None else (5.0 if args.quick else 15.0)
+    args.model_only_reps = args.model_only_reps if args.model_only_reps is not None else (5 if args.quick else 20)
+    args.read_workers = args.read_workers if args.read_workers is not None else max(0, min(8, (os.cpu_count() or 2) - 2))
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    peak = args.peak_tflops or (card_peak(name) if cuda else None)
+    report: dict[str, Any] = {
+        "benchmark": "features", "quick": args.quick,
+        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__, "cuda": torch.version.cuda, "device": name,
+                    "bf16_peak_tflops": peak},
+        "inputs": {"videos": args.videos, "frames": args.frames, "size": args.size, "compression": args.compression,
+                   "gflop_per_clip_224": GFLOP_PER_CLIP},
+    }
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
+        inputs = write_inputs(Path(tmp), args.videos, args.frames, args.size,
+                              None if args.compression == "none" else args.compression)
+        report["inputs"]["write_s"] = round(time.perf_counter() - t0, 1)
+        pool = reader_pool(args.read_workers) if args.read_workers else None
+        try:
+            reader_rate(inputs * max(1, args.read_workers // len(inputs)), args.read_workers, pool)  # spawn workers
+            report["reader"] = [reader_rate(inputs, 0), reader_rate(inputs * 2, args.read_workers, pool)]
+            extractors = {}
+            for path in args.paths.split(","):
+                report[path], extractors[path] = bench_path(path, args, inputs, peak, pool)
+            if {"plain", "fast"} <= set(extractors):
+                report["agreement_fast_vs_plain"] = agreement(extractors["plain"], extractors["fast"], inputs)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    report["total_s"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
