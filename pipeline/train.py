@@ -1,0 +1,399 @@
+"""Stage ``train``: IAENet, leave-one-subject-out, out-of-fold predictions, checkpoints.
+
+``python -m pipeline.train --dataset NAME`` reads ``data/<ds>/features/<video>.h5``
+(``rgb`` and ``flow`` [N, D], concatenated), ``data/<ds>/resample/annotations.csv``
+and, when present, ``data/<ds>/resample/videos.csv`` (subjects of videos without
+annotations), and writes under ``data/<ds>/runs/``:
+
+* ``fold_<subject>/model.pt`` per LOSO fold, ``final/model.pt`` trained on every subject
+  (state_dict, resolved preset, params, feature provenance; :func:`models.iaenet.load_checkpoint`);
+* ``fold_<subject>/predictions.csv`` and the union ``predictions.csv``: video, subject,
+  fold, epoch, onset, offset, type, score for every epoch from the end of warm-up
+  (``epoch`` counts epochs trained, 1-based);
+* ``live/<fold>/``: dvclive logs per epoch (train/loss, train/cls, train/reg, lr).
+
+Speed: every video's features live on the device as one tensor and every window is a
+row of indices into it; labels of all training windows are assigned once. A fold's
+seed is derived from ``train.seed`` and its subject, so its result does not depend on
+the order of folds. A fold whose checkpoint and predictions exist with the same digest
+is skipped (resume after a kill).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset, save_checkpoint
+from models.losses import iaenet_loss
+
+from .device import resolve_device
+from .errors import ConfigError, InputError
+from .h5io import COMPLETE_ATTR, DIGEST_ATTR, PARAMS_ATTR, read_attr_json
+from .params import digest
+from .postprocess import autocast, predictions_from_outputs, run_windows
+from .stage import StageContext, stage_main
+from .tables import read_annotations, read_table, write_table
+from .windows import (FeatureBank, PointGrid, WindowSet, WindowSpec, assign_labels, make_test_windows,
+                      make_train_windows, point_mask)
+
+log = logging.getLogger(__name__)
+
+CODE_VERSION = 1
+PREDICTION_COLUMNS = ["video", "subject", "fold", "epoch", "onset", "offset", "type", "score"]
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainConfig:
+    """The resolved training recipe of one run (model preset + params.yaml overrides)."""
+
+    lr: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    warmup_epochs: int
+    schedule: str = "epoch"
+    precision: str = "fp32"
+    eval_batch_size: int = 512
+    predict_from_epoch: int | None = None
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    micro_weight: float = 4.0
+    reg_weight: float = 0.05
+
+    @classmethod
+    def from_preset(cls, preset: Mapping[str, Any], train_params: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a resolved preset (``train``, ``loss``) and the runtime keys of params ``train``."""
+        t, lo = preset["train"], preset["loss"]
+        cfg = cls(lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0.0)),
+                  batch_size=int(t["batch_size"]), epochs=int(t["epochs"]),
+                  warmup_epochs=int(t.get("warmup_epochs", 0)), schedule=str(t.get("schedule", "epoch")),
+                  precision=str(train_params.get("precision") or "fp32"),
+                  eval_batch_size=int(train_params.get("eval_batch_size") or 512),
+                  predict_from_epoch=train_params.get("predict_from_epoch"),
+                  focal_alpha=float(lo.get("focal_alpha", 0.25)), focal_gamma=float(lo.get("focal_gamma", 2.0)),
+                  micro_weight=float(lo.get("micro_weight", 4.0)), reg_weight=float(lo["reg_weight"]))
+        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+            raise ConfigError("train: epochs and batch_size must be >= 1 and lr > 0 (params.yaml train / preset).")
+        if not 0 <= cfg.warmup_epochs < cfg.epochs:
+            raise ConfigError(f"train: warmup_epochs={cfg.warmup_epochs} must be in [0, epochs={cfg.epochs}).")
+        if cfg.schedule not in ("epoch", "step"):
+            raise ConfigError(f"train.schedule '{cfg.schedule}' is not one of epoch, step.")
+        if cfg.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.precision '{cfg.precision}' is not one of fp32, bf16.")
+        return cfg
+
+    @property
+    def first_predicted_epoch(self) -> int:
+        """First epoch (1-based count of epochs trained) whose predictions are written."""
+        if self.predict_from_epoch is None:
+            return self.warmup_epochs + 1
+        return max(1, int(self.predict_from_epoch))
+
+
+def lr_factor(t: float, warmup: int, epochs: int) -> float:
+    """Published schedule at (fractional) epoch ``t`` (0-based): t / warmup during warm-up
+    (``t <= warmup``), then 0.5 * (1 + cos(pi * (t - warmup) / (epochs - warmup)))."""
+    if warmup > 0 and t <= warmup:
+        return t / warmup
+    return 0.5 * (math.cos(math.pi * (t - warmup) / max(epochs - warmup, 1)) + 1)
+
+
+def fold_seed(seed: int, fold: str) -> int:
+    """A fold's seed from the run seed and the fold's name (independent of fold order)."""
+    return int(hashlib.sha256(f"{int(seed)}:{fold}".encode()).hexdigest()[:8], 16)
+
+
+@dataclass
+class Prepared:
+    """Everything the folds share, on the training device."""
+
+    bank: FeatureBank
+    spec: WindowSpec
+    grid: PointGrid
+    train: WindowSet
+    test: WindowSet
+    train_subject: np.ndarray
+    test_subject: np.ndarray
+    train_rows: torch.Tensor
+    train_cls: torch.Tensor
+    train_reg: torch.Tensor
+    train_mask: torch.Tensor
+    subjects: dict[str, str] = field(default_factory=dict)
+
+
+def prepare(features: Mapping[str, np.ndarray], annotations: pd.DataFrame, subjects: Mapping[str, str],
+            preset: Mapping[str, Any], device: torch.device | str = "cpu") -> Prepared:
+    """Build the feature bank, the training windows with labels and the test windows."""
+    spec = WindowSpec.from_preset(preset)
+    grid = PointGrid.from_preset(preset)
+    bank = FeatureBank(features, device=device)
+    train = make_train_windows(bank.lengths, annotations, spec)
+    test = make_test_windows(bank.lengths, spec)
+    if len(train):
+        cls, reg = assign_labels(torch.from_numpy(train.boxes), torch.from_numpy(train.box_labels), grid)
+        mask = point_mask(torch.from_numpy(train.valid), grid, spec.feature_stride)
+    else:
+        cls = torch.zeros(0, len(grid), dtype=torch.long)
+        reg = torch.zeros(0, len(grid), 2)
+        mask = torch.zeros(0, len(grid), dtype=torch.bool)
+    log.info("%d videos, %d feature steps, %d training windows (%d positive points), %d test windows",
+             len(bank.lengths), bank.pad_row, len(train), int((cls > 0).sum()), len(test))
+    return Prepared(bank=bank, spec=spec, grid=grid, train=train, test=test,
+                    train_subject=np.array([subjects[v] for v in train.video], dtype=object),
+                    test_subject=np.array([subjects[v] for v in test.video], dtype=object),
+                    train_rows=bank.rows(train, spec.steps), train_cls=cls.to(device), train_reg=reg.to(device),
+                    train_mask=mask.to(device), subjects=dict(subjects))
+
+
+def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any], cfg: TrainConfig, seed: int,
+                test_idx: np.ndarray | None = None, on_epoch: EpochCallback | None = None,
+                desc: str = "fold") -> tuple[torch.nn.Module, pd.DataFrame, list[dict[str, float]]]:
+    """Train one model on the training windows ``train_idx``; predict test windows ``test_idx``
+    after every epoch from ``cfg.first_predicted_epoch``.
+
+    Returns (model, predictions with an ``epoch`` column, per-epoch history).
+    """
+    device = prep.bank.data.device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_model(preset, prep.bank.width).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    idx_all = torch.as_tensor(np.asarray(train_idx, np.int64))
+    n = len(idx_all)
+    if n == 0:
+        raise ConfigError(f"{desc}: no training windows (no annotated interval fits a window). "
+                          "Check annotations.csv and the features.")
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    history, preds = [], []
+    for epoch in range(cfg.epochs):
+        perm = idx_all[torch.randperm(n, generator=gen)].to(device)
+        sums = torch.zeros(3, device=device)
+        lr_epoch = cfg.lr * lr_factor(epoch, cfg.warmup_epochs, cfg.epochs)
+        for b in range(steps_per_epoch):
+            t = epoch + (b / steps_per_epoch if cfg.schedule == "step" else 0.0)
+            lr = cfg.lr * lr_factor(t, cfg.warmup_epochs, cfg.epochs)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            sel = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = prep.bank.gather(prep.train_rows[sel])
+            with autocast(device, cfg.precision):
+                logits, dists = model(x)
+            losses = iaenet_loss(logits.float(), dists.float(), prep.train_cls[sel], prep.train_reg[sel],
+                                 prep.train_mask[sel], batch_size=len(sel), alpha=cfg.focal_alpha,
+                                 gamma=cfg.focal_gamma, micro_weight=cfg.micro_weight, reg_weight=cfg.reg_weight)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            sums += torch.stack([losses["loss"].detach(), losses["cls"].detach(), losses["reg"].detach()])
+        mean = (sums / steps_per_epoch).tolist()
+        rec = {"loss": mean[0], "cls": mean[1], "reg": mean[2], "lr": lr_epoch}
+        history.append(rec)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, rec)
+        if test_idx is not None and len(test_idx) and epoch + 1 >= cfg.first_predicted_epoch:
+            wins = prep.test.subset(np.asarray(test_idx))
+            logits, dists = run_windows(model, prep.bank, wins, prep.spec.steps, cfg.eval_batch_size, cfg.precision)
+            df = predictions_from_outputs(logits, dists, wins, prep.spec, prep.grid, preset["inference"])
+            df.insert(1, "epoch", epoch + 1)
+            preds.append(df)
+        log.debug("%s epoch %d: loss %.4f cls %.4f reg %.4f lr %.2e", desc, epoch + 1, *mean, lr_epoch)
+    out = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=["video", "epoch", "onset",
+                                                                                  "offset", "type", "score"])
+    return model, out, history
+
+
+# ---------------------------------------------------------------------------------------
+# the stage
+
+
+def _read_features(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """``rgb`` and ``flow`` of one features file, concatenated [N, Drgb + Dflow], and its attrs."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get(COMPLETE_ATTR, True)):
+                raise InputError(f"{path}: incomplete features file. Rerun the features stage (dvc repro features).")
+            for key in ("rgb", "flow"):
+                if key not in f:
+                    raise InputError(f"{path}: no '{key}' dataset. Rerun the features stage for this video.")
+            rgb, flow = f["rgb"][()], f["flow"][()]
+            attrs = {k: read_attr_json(f, k) for k in f.attrs if k != PARAMS_ATTR}
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable HDF5 ({exc}). Delete it and rerun the features stage.") from exc
+    if rgb.ndim != 2 or flow.ndim != 2 or rgb.shape[0] != flow.shape[0]:
+        raise InputError(f"{path}: rgb {rgb.shape} and flow {flow.shape} must be [N, D] with the same N. "
+                         "Rerun the features stage for this video.")
+    feats = np.concatenate([rgb, flow], axis=1).astype(np.float32, copy=False)
+    if not np.isfinite(feats).all():
+        raise InputError(f"{path}: features contain NaN or inf. Rerun the features stage for this video.")
+    return feats, attrs
+
+
+def load_inputs(ctx: StageContext, feature_stride: int) -> tuple[dict[str, np.ndarray], pd.DataFrame,
+                                                                 dict[str, str], dict[str, Any]]:
+    """Features per video, annotations, subject per video and feature provenance of a dataset."""
+    ann_path = ctx.paths.resample / "annotations.csv"
+    annotations = read_annotations(ann_path)
+    bad = ~annotations["type"].isin(["macro", "micro"]) | (annotations["offset"] < annotations["onset"])
+    if bad.any():
+        row = annotations[bad].iloc[0]
+        raise InputError(f"{ann_path}: row of video {row['video']} has type '{row['type']}' / onset {row['onset']} "
+                         f"> offset {row['offset']}; types must be macro/micro and onset <= offset. Rerun ingest.")
+    subjects = dict(zip(annotations["video"], annotations["subject"].astype(str)))
+    videos_path = ctx.paths.resample / "videos.csv"
+    listed: list[str] = []
+    if videos_path.is_file():
+        videos = read_table(videos_path, ["video", "subject"])
+        subjects.update(dict(zip(videos["video"], videos["subject"].astype(str))))
+        listed = list(videos["video"])
+    feat_dir = ctx.paths.features
+    files = sorted(feat_dir.glob("*.h5")) if feat_dir.is_dir() else []
+    if not files:
+        raise InputError(f"{feat_dir}: no features files. Run the features stage first (dvc repro features).")
+    features: dict[str, np.ndarray] = {}
+    provenance: dict[str, Any] = {}
+    digests = []
+    for path in files:
+        video = path.stem
+        if video not in subjects:
+            raise InputError(f"{path}: video '{video}' is in neither {videos_path} nor {ann_path}, so its subject "
+                             "is unknown. Remove the stale file or rerun ingest/resample.")
+        feats, attrs = _read_features(path)
+        if len(feats) == 0:
+            log.warning("%s: no feature steps (video too short), skipped", video)
+            continue
+        stride = attrs.get("stride")
+        if stride is not None and int(stride) != feature_stride:
+            raise InputError(f"{path}: features have stride {stride} but the model preset expects "
+                             f"window.feature_stride={feature_stride}. Recompute features or fix the preset.")
+        ident = {k: v for k, v in attrs.items() if k not in (DIGEST_ATTR, COMPLETE_ATTR, "video", "subject",
+                                                             "n_frames", "n_clips")}
+        if not provenance:
+            provenance = ident
+        elif ident.get("backbone") != provenance.get("backbone") or \
+                {k: v for k, v in ident.items() if "weights" in k} != \
+                {k: v for k, v in provenance.items() if "weights" in k}:
+            raise InputError(f"{path}: made with backbone/weights {ident} unlike the other videos ({provenance}). "
+                             "Recompute all features with one backbone.")
+        features[video] = feats
+        digests.append(f"{video}:{attrs.get(DIGEST_ATTR)}")
+    for video in listed:
+        if video not in features:
+            log.warning("%s: no features file (video shorter than one clip?), skipped", video)
+    lost = sorted(set(annotations["video"]) - set(features))
+    if lost:
+        log.warning("%d annotated video(s) without features are not used: %s", len(lost), ", ".join(lost[:10]))
+    provenance = dict(provenance, feature_width=int(next(iter(features.values())).shape[1]),
+                      features_digest=digest(sorted(digests)))
+    return features, annotations, {v: subjects[v] for v in features}, provenance
+
+
+class _Live:
+    """dvclive logging of one fold (losses and lr per epoch) into ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            from dvclive import Live
+        except ImportError as exc:  # pragma: no cover - dvclive is a declared dependency
+            raise ConfigError("dvclive is not installed: pip install dvclive (or pip install -e .).") from exc
+        self.live = Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False)
+
+    def __call__(self, epoch: int, rec: Mapping[str, float]) -> None:
+        for key in ("loss", "cls", "reg"):
+            self.live.log_metric(f"train/{key}", float(rec[key]))
+        self.live.log_metric("lr", float(rec["lr"]))
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
+
+
+def run(ctx: StageContext) -> None:
+    """LOSO training of IAENet on one dataset, then a final model on every subject."""
+    p = ctx.section()
+    preset_name = p.get("model_preset") or ctx.dataset.get("model_preset")
+    if not preset_name:
+        raise ConfigError(f"configs/datasets/{ctx.name}.yaml: no model_preset (e.g. iaenet_casme2).")
+    preset = resolve_preset(load_model_preset(preset_name, p.get("preset_dir") or "configs"), p)
+    cfg = TrainConfig.from_preset(preset, p)
+    device = resolve_device(str(p.get("device") or "auto"))
+    features, annotations, subjects, provenance = load_inputs(ctx, int(preset["window"]["feature_stride"]))
+    prep = prepare(features, annotations, subjects, preset, device)
+    seed = int(p.get("seed", 0))
+    runs = ctx.paths.runs
+    run_id = digest({"preset": preset, "cfg": cfg.__dict__, "seed": seed, "provenance": provenance,
+                     "annotations": annotations.to_dict("list"), "subjects": subjects, "version": CODE_VERSION})
+    folds = sorted(set(subjects.values()))
+    only = p.get("folds")
+    if only:
+        folds = [f for f in folds if f in {str(s) for s in only}]
+    if len(set(subjects.values())) < 2:
+        raise ConfigError(f"{ctx.name}: leave-one-subject-out needs at least 2 subjects with features, "
+                          f"found {len(set(subjects.values()))}.")
+    n_params = count_parameters(build_model(preset, prep.bank.width))
+    log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s", preset["name"], n_params,
+             prep.bank.width, len(folds), device, cfg.precision)
+    ckpt_params = {"train": p, "seed": seed}
+    all_preds = []
+    for fold in tqdm(folds + (["final"] if p.get("final_model", True) else []), desc="train folds", unit="fold"):
+        name = "final" if fold == "final" else f"fold_{fold}"
+        out_dir = runs / name
+        pred_path = out_dir / "predictions.csv"
+        if _done(out_dir / "model.pt", run_id) and (fold == "final" or pred_path.is_file()):
+            log.info("%s: complete with the same inputs and params, skipped", name)
+            if fold != "final":
+                all_preds.append(pd.read_csv(pred_path, dtype={"video": str, "subject": str, "fold": str}))
+            continue
+        train_idx = np.flatnonzero(prep.train_subject != fold)
+        test_idx = None if fold == "final" else np.flatnonzero(prep.test_subject == fold)
+        live = _Live(runs / "live" / name)
+        t0 = time.perf_counter()
+        try:
+            model, preds, hist = train_model(prep, train_idx, preset, cfg, fold_seed(seed, fold), test_idx,
+                                             on_epoch=live, desc=name)
+        finally:
+            live.close()
+        log.info("%s: %d training windows, %.1f s, final loss %.4f", name, len(train_idx),
+                 time.perf_counter() - t0, hist[-1]["loss"])
+        if fold != "final":
+            preds.insert(1, "subject", fold)
+            preds.insert(2, "fold", fold)
+            preds = preds[PREDICTION_COLUMNS]
+            write_table(preds, pred_path)
+            all_preds.append(preds)
+        save_checkpoint(out_dir / "model.pt", model, preset, ckpt_params, provenance,
+                        extra={"run_digest": run_id, "fold": fold, "history": hist,
+                               "train_subjects": sorted(set(prep.train_subject[train_idx]))})
+    preds = pd.concat(all_preds, ignore_index=True) if all_preds else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    write_table(preds[PREDICTION_COLUMNS], runs / "predictions.csv")
+    log.info("wrote %d predictions of %d folds to %s", len(preds), len(all_preds), runs / "predictions.csv")
+
+
+def _done(path: Path, run_id: str) -> bool:
+    """True when the checkpoint at ``path`` was written by a run with digest ``run_id``."""
+    if not path.is_file():
+        return False
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable means not done
+        return False
+    return isinstance(blob, dict) and (blob.get("extra") or {}).get("run_digest") == run_id
+
+
+main = stage_main("train", run)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Stage `train` end to end on tiny random features (CPU), LR schedule, fold seeds, resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from models.iaenet import load_checkpoint, load_model_preset
+from pipeline.errors import ConfigError, InputError
+from pipeline.train import PREDICTION_COLUMNS, fold_seed, lr_factor
+
+VIDEOS = {  # video: (subject, feature steps)
+    "a1": ("s1", 150), "a2": ("s1", 90), "b1": ("s2", 160), "c1": ("s3", 140), "c2": ("s3", 30),
+}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_lr_schedule_is_the_published_one() -> None:
+    assert lr_factor(0, 5, 30) == 0 and lr_factor(2, 5, 30) == pytest.approx(0.4)
+    assert lr_factor(5, 5, 30) == pytest.approx(1.0)
+    assert lr_factor(17.5, 5, 30) == pytest.approx(0.5)
+    assert lr_factor(29, 5, 30) == pytest.approx(0.5 * (1 + math.cos(math.pi * 24 / 25)))
+    assert lr_factor(0, 0, 10) == 1.0
+
+
+def test_fold_seed_depends_on_subject_not_order() -> None:
+    assert fold_seed(0, "s1") == fold_seed(0, "s1") != fold_seed(0, "s2")
+    assert fold_seed(1, "s1") != fold_seed(0, "s1")
+
+
+ROWS = [("a1", "s1", 40, 60, "macro"), ("a1", "s1", 150, 162, "micro"), ("a2", "s1", 20, 50, "macro"),
+        ("b1", "s2", 100, 140, "macro"), ("c1", "s3", 30, 42, "micro"), ("c2", "s3", 10, 40, "macro"),
+        ("gone", "s2", 10, 40, "macro")]
+
+
+def _write_features(root, d: int = 8, seed: int = 0) -> None:
+    """Random features with the annotated intervals marked (so that a few epochs learn something)."""
+    rng = np.random.default_rng(seed)
+    out = root / "data" / "tiny" / "features"
+    out.mkdir(parents=True, exist_ok=True)
+    for video, (_, n) in VIDEOS.items():
+        rgb = rng.normal(0, 0.3, size=(n, d)).astype(np.float32)
+        for v, _, on, off, kind in ROWS:
+            if v == video:
+                rgb[on // 2:off // 2 + 1, 0 if kind == "macro" else 1] += 2.0
+        with h5py.File(out / f"{video}.h5", "w") as f:
+            f["rgb"] = rgb
+            f["flow"] = rng.normal(size=(n, d)).astype(np.float32)
+            f.attrs.update({"backbone": "i3d", "weights_rgb": "random-init", "weights_flow": "random-init",
+                            "stride": 2, "clip": 8, "m2es_digest": f"dig-{video}", "m2es_complete": True})
+
+
+def _write_tables(root) -> None:
+    res = root / "data" / "tiny" / "resample"
+    res.mkdir(parents=True, exist_ok=True)
+    ann = pd.DataFrame(ROWS, columns=["video", "subject", "onset", "offset", "type"])
+    ann["apex"] = (ann.onset + ann.offset) // 2
+    for c in ("onset", "apex", "offset"):
+        ann[f"source_{c}"] = ann[c]
+    ann.to_csv(res / "annotations.csv", index=False)
+    vids = pd.DataFrame({"video": list(VIDEOS) + ["gone"], "subject": [s for s, _ in VIDEOS.values()] + ["s2"]})
+    for c, v in (("fps", 30), ("n_frames", 400), ("source", "x"), ("kind", "frames"), ("color", 1)):
+        vids[c] = v
+    vids.to_csv(res / "videos.csv", index=False)
+
+
+def _setup(workspace) -> None:
+    preset = copy.deepcopy(load_model_preset("iaenet_casme2"))
+    preset.update(name="iaenet_tiny")
+    preset["model"]["base"]["dim"] = 16
+    preset["model"]["encoder"]["dims"] = [16, 16, 32]
+    preset["model"]["heads"]["dim"] = 16
+    (workspace.root / "configs").mkdir(exist_ok=True)
+    (workspace.root / "configs" / "iaenet_tiny.yaml").write_text(yaml.safe_dump(preset))
+    workspace.preset("tiny", layout="generic", root="data/raw/tiny", model_preset="iaenet_tiny")
+    workspace.set_params("train", epochs=12, warmup_epochs=2, batch_size=4, lr=3e-3, device="cpu", seed=3)
+    _write_features(workspace.root)
+    _write_tables(workspace.root)
+
+
+def test_stage_end_to_end(workspace, one_thread) -> None:
+    _setup(workspace)
+    workspace.run("train", "tiny")
+    runs = workspace.out("tiny", "runs")
+    preds = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
+    assert list(preds.columns) == PREDICTION_COLUMNS
+    assert set(preds.fold) == {"s1", "s2", "s3"}
+    assert set(preds.epoch) == set(range(3, 13))                      # from the end of warm-up
+    for fold, rows in preds.groupby("fold"):
+        assert set(rows.subject) == {fold}                            # out-of-fold: only the test subject
+        assert set(rows.video) <= {v for v, (s, _) in VIDEOS.items() if s == fold}
+    assert (preds.offset - preds.onset >= 4).all() and preds.type.isin(["macro", "micro"]).all()
+    assert (preds.groupby(["video", "epoch", "type"]).size() <= 30).all()
+    c2 = preds[preds.video == "c2"]                                   # 30-step video: padded window
+    assert len(c2) == 0 or c2.offset.max() <= 59
+    for name in ("fold_s1", "fold_s2", "fold_s3", "final"):
+        model, blob = load_checkpoint(runs / name / "model.pt")
+        assert blob["in_dim"] == 16 and blob["provenance"]["backbone"] == "i3d"
+        assert blob["provenance"]["weights_rgb"] == "random-init"
+        assert blob["preset"]["train"]["epochs"] == 12 and blob["params"]["train"]["seed"] == 3
+        fold = name.removeprefix("fold_")
+        assert fold not in blob["extra"]["train_subjects"]
+        assert len(blob["extra"]["history"]) == 12
+    assert load_checkpoint(runs / "final" / "model.pt")[1]["extra"]["train_subjects"] == ["s1", "s2", "s3"]
+    tsv = runs / "live" / "fold_s2" / "plots" / "metrics" / "train" / "loss.tsv"
+    assert tsv.is_file() and len(tsv.read_text().strip().splitlines()) == 13   # header + 12 epochs
+    assert (runs / "live" / "final" / "plots" / "metrics" / "lr.tsv").is_file()
+
+    # a rerun with the same inputs skips every fold; a fold alone gives the same result (order-free)
+    mtime = (runs / "fold_s2" / "model.pt").stat().st_mtime_ns
+    workspace.run("train", "tiny")
+    assert (runs / "fold_s2" / "model.pt").stat().st_mtime_ns == mtime
+    full = preds[preds.fold == "s3"].reset_index(drop=True)
+    workspace.set_params("train", folds=["s3"], final_model=False)
+    workspace.params["train"]["eval_batch_size"] = 7                  # changes the digest: fold s3 retrains
+    workspace.save_params()
+    workspace.run("train", "tiny")
+    alone = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
+    assert set(alone.fold) == {"s3"}
+    pd.testing.assert_frame_equal(alone.reset_index(drop=True), full, check_exact=False, rtol=1e-5)
+
+
+def test_stage_errors_name_the_file(workspace, one_thread) -> None:
+    _setup(workspace)
+    bad = workspace.out("tiny", "features") / "b1.h5"
+    with h5py.File(bad, "a") as f:
+        del f["flow"]
+    with pytest.raises(InputError, match=r"b1\.h5: no 'flow'"):
+        workspace.run("train", "tiny")
+    _write_features(workspace.root)
+    with h5py.File(bad, "a") as f:
+        f.attrs["stride"] = 4
+    with pytest.raises(InputError, match=r"b1\.h5: features have stride 4"):
+        workspace.run("train", "tiny")
+    _write_features(workspace.root)
+    workspace.set_params("train", warmup_epochs=12)
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        workspace.run("train", "tiny")
