@@ -163,6 +163,7 @@ def bench_path(path: str, args: argparse.Namespace, inputs: list[tuple], peak: f
         if len(streams) == 1 and args.model_only_reps:
             mrate = model_only(extractor, streams[0], cfg.batch_size, args.model_only_reps)
             entry["model_only_clips_per_s"] = round(mrate, 1)
+            log.info("%s %s model only: %.0f clips/s", path, entry["streams"], mrate)
             if peak:
                 entry["model_only_bf16_peak_fraction"] = round(mrate * gflop / 1e3 / peak, 4)
         log.info("%s %s: %.0f clips/s per stream (%d clips, %.1f s)", path, entry["streams"], rate, clips, secs)
@@ -241,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             reader_rate(inputs * max(1, args.read_workers // len(inputs)), args.read_workers, pool)  # spawn workers
             report["reader"] = [reader_rate(inputs, 0), reader_rate(inputs * 2, args.read_workers, pool)]
+            log.info("reader: %s", json.dumps(report["reader"]))
             extractors = {}
             for path in args.paths.split(","):
                 report[path], extractors[path] = bench_path(path, args, inputs, peak, pool)
+                if args.out:  # partial results survive a time limit
+                    args.out.write_text(json.dumps(report, indent=2) + "\n")
             if {"plain", "fast"} <= set(extractors):
                 report["agreement_fast_vs_plain"] = agreement(extractors["plain"], extractors["fast"], inputs)
         finally:

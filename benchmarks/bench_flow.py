@@ -130,18 +130,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", help="RGB face image to warp (default: scikit-image's astronaut; the face "
                     "must fill its 105:345 x 10:250 box, see pipeline/flow_truth.py)")
     ap.add_argument("--cpu-threads", type=int, default=1, help="torch threads for the torch-CPU figure")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="eager GPU solver only (torch.compile of every pyramid size takes minutes)")
     args = ap.parse_args(argv)
+    fast = not args.no_compile
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     q = args.quick
     params = TVL1Params()                                  # OpenCV's defaults
     subpixel = opencv_remap_subpixel()
     cuda = torch.cuda.is_available() and not args.no_gpu
-    out: dict[str, Any] = {
+    out: dict[str, Any] = Results(args.out, {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "torch": torch.__version__, "opencv": cv2.__version__,
                     "gpu": torch.cuda.get_device_name(0) if cuda else None},
-        "params": params.as_dict(), "opencv_remap_subpixel": subpixel, "quick": q,
-    }
+        "params": params.as_dict(), "opencv_remap_subpixel": subpixel, "quick": q, "compiled": fast,
+    })
     source = None
     if args.image:
         bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
@@ -181,14 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         out["torch_gpu_eager_224"] = re_
         n_gpu = 2048 if q else 8192
         g0, g1, ggt = make_pairs(224, n_gpu, unique=128 if q else 512, seed0=1000, source=source)
-        log.info("torch, GPU compiled + CUDA graphs (%d pairs)", n_gpu)
-        rg = bench_torch(g0, g1, params, dev, args.batch, compile=True, graphs=True, subpixel=subpixel)
+        log.info("torch, GPU %s (%d pairs)", "compiled + CUDA graphs" if fast else "eager, large batch", n_gpu)
+        rg = bench_torch(g0, g1, params, dev, args.batch, compile=fast, graphs=fast, subpixel=subpixel)
         rg_flows = rg.pop("_flows")
         out["torch_gpu_compiled_224"] = rg
         out["gpu_over_opencv_all_cores"] = round(rg["pairs_per_s"] / rn, 2)
         out["epe_vs_truth_224"]["torch_gpu"] = accuracy(rg_flows[:256], ggt[:256])
         # agreement: the GPU solver on exactly the pairs OpenCV solved
-        ra = bench_torch(i0[:n_ocvn], i1[:n_ocvn], params, dev, args.batch, compile=True, graphs=True,
+        ra = bench_torch(i0[:n_ocvn], i1[:n_ocvn], params, dev, args.batch, compile=fast, graphs=fast,
                          subpixel=subpixel, warm=False)
         fa = ra.pop("_flows")
         out["epe_vs_truth_224"]["torch_gpu_same_pairs"] = accuracy(fa, gt[:n_ocvn])
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             "percentiles": {str(p): round(float(np.percentile(d, p)), 5) for p in (0, 10, 50, 90, 99, 100)}}
         if not q:
             log.info("torch, GPU compiled without CUDA graphs")
-            rng_ = bench_torch(g0[:4096], g1[:4096], params, dev, args.batch, compile=True, graphs=False,
+            rng_ = bench_torch(g0[:4096], g1[:4096], params, dev, args.batch, compile=fast, graphs=False,
                                subpixel=subpixel)
             rng_.pop("_flows")
             out["torch_gpu_compiled_nographs_224"] = rng_
@@ -206,15 +209,31 @@ def main(argv: list[str] | None = None) -> int:
                                                                             512 if q else 2048)):
             log.info("torch, GPU compiled at %d px", size)
             s0, s1, _ = make_pairs(size, n, unique=64, seed0=2000, source=source)
-            rs = bench_torch(s0, s1, params, dev, batch, compile=True, graphs=True, subpixel=subpixel)
+            rs = bench_torch(s0, s1, params, dev, batch, compile=fast, graphs=fast, subpixel=subpixel)
             rs.pop("_flows")
             out[f"torch_gpu_compiled_{size}"] = rs
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    print(json.dumps(out, indent=2))
     return 0
+
+
+class Results(dict):
+    """The benchmark's JSON: each figure is logged and the file rewritten as soon as it is measured,
+    so a run stopped at its time limit still leaves everything measured so far."""
+
+    def __init__(self, path: str | None, initial: dict[str, Any]):
+        super().__init__(initial)
+        self.path = path
+        self._save()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        log.info("%s = %s", key, json.dumps(value))
+        self._save()
+
+    def _save(self) -> None:
+        if self.path:
+            with open(self.path, "w") as fh:
+                fh.write(json.dumps(self, indent=2) + "\n")
 
 
 if __name__ == "__main__":
