@@ -864,7 +864,7 @@ def spot_one(inp: SpotInput, model: SpotModel, settings: SpotSettings, params: M
     """Spot one input end to end and write its outputs into ``out_dir``."""
     from .postprocess import predict_video
     from .protocols import apply_thresholds
-    from .train import _read_features
+    from .train import read_features
 
     extensions = tuple((params.get("ingest") or {}).get("image_extensions") or INGEST_DEFAULTS["image_extensions"])
     n_steps = 9 + int(annotate)  # hash, ingest, resample, crop, flow, features, face check, IAENet, write
@@ -890,7 +890,7 @@ def spot_one(inp: SpotInput, model: SpotModel, settings: SpotSettings, params: M
         bar.update(1)
 
         bar.set_postfix_str("IAENet")
-        feats, attrs = _read_features(paths.h5(paths.features, VIDEO_NAME))
+        feats, attrs = read_features(paths.h5(paths.features, VIDEO_NAME))
         _check_fed_features(attrs, feats.shape[1], model)
         device = next(model.model.parameters()).device
         cand = predict_video(model.model, feats, model.preset, VIDEO_NAME, batch_size=settings.batch_size,

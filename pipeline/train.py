@@ -220,7 +220,7 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
 # the stage
 
 
-def _read_features(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def read_features(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """``rgb`` and ``flow`` of one features file, concatenated [N, Drgb + Dflow], and its attrs."""
     try:
         with h5py.File(path, "r") as f:
@@ -271,7 +271,7 @@ def load_inputs(ctx: StageContext, feature_stride: int) -> tuple[dict[str, np.nd
         if video not in subjects:
             raise InputError(f"{path}: video '{video}' is in neither {videos_path} nor {ann_path}, so its subject "
                              "is unknown. Remove the stale file or rerun ingest/resample.")
-        feats, attrs = _read_features(path)
+        feats, attrs = read_features(path)
         if len(feats) == 0:
             log.warning("%s: no feature steps (video too short), skipped", video)
             continue
@@ -346,7 +346,11 @@ def run(ctx: StageContext) -> None:
     n_params = count_parameters(build_model(preset, prep.bank.width))
     log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s", preset["name"], n_params,
              prep.bank.width, len(folds), device, cfg.precision)
-    ckpt_params = {"train": p, "seed": seed}
+    # the recipe of the features the model was trained on, so a copied model.pt spots new videos alone
+    pipeline_recipe = {stage: ctx.section(stage) for stage in ("crop", "flow", "features")}
+    pipeline_recipe["target_fps"] = ctx.dataset.get("target_fps") or ctx.section("resample").get("target_fps")
+    pipeline_recipe["color"] = ctx.dataset.get("color")
+    ckpt_params = {"train": p, "seed": seed, "pipeline": pipeline_recipe}
     all_preds = []
     for fold in tqdm(folds + (["final"] if p.get("final_model", True) else []), desc="train folds", unit="fold"):
         name = "final" if fold == "final" else f"fold_{fold}"

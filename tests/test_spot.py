@@ -199,7 +199,7 @@ def test_spots_the_known_macro_intervals_in_input_frames_and_seconds(trained, sp
                             "features": "computed", "face_check": "computed"}
     assert doc["thresholds"]["source"] == "command line" and doc["lost_face_spans"] == []
     assert doc["ground_truth"]["macro"]["recall"] == 1.0
-    assert doc["model"]["recipe"].startswith("files of")   # crop/flow/features params of the training files
+    assert doc["model"]["recipe"] == "checkpoint params"   # crop/flow/features params recorded by train
     # the same stage functions with the model's params: spot's features are the training features
     with h5py.File(cache_files(doc)["features"]) as a, \
             h5py.File(trained.root / "data" / DS / "features" / f"{VIDEO}.h5") as b:
@@ -230,20 +230,29 @@ def test_second_run_skips_crop_flow_features_and_finds_the_evaluate_thresholds(t
     assert "crop/flow/features cached/cached/cached" in capsys.readouterr().out.strip().splitlines()[-1]
 
 
-def test_a_bare_checkpoint_needs_dataset_and_falls_back_to_default_thresholds(trained, spot30, tmp_path):
+def test_a_copied_checkpoint_carries_its_recipe_and_falls_back_to_default_thresholds(trained, spot30, tmp_path):
     _, doc1, stats1 = spot30
     bare = tmp_path / "elsewhere" / "model.pt"
     bare.parent.mkdir()
     shutil.copy(trained.runs / "final" / "model.pt", bare)
     out = tmp_path / "out"
-    assert spot(trained.mp4, "--model", bare, "--out", out) == 4          # no recipe recoverable
-    assert spot(trained.mp4, "--model", bare, "--out", out, "--dataset", DS) == 0
+    assert spot(trained.mp4, "--model", bare, "--out", out) == 0
     _, doc = read_out(out / VIDEO)
-    # params.yaml + preset give the very same stage digests: nothing recomputed
+    assert doc["model"]["recipe"] == "checkpoint params"
+    # the recorded recipe gives the very same stage digests: nothing recomputed
     assert doc["steps"]["features"] == "cached" and doc["steps"]["crop"] == "cached"
     assert {s: (p.stat().st_ino, p.stat().st_mtime_ns) for s, p in cache_files(doc).items()} == stats1
     assert doc["thresholds"]["source"].startswith("params.yaml spot.thresholds")
+
+    # a checkpoint without the recipe (older runs) needs --dataset
+    blob = torch.load(bare, map_location="cpu", weights_only=True)
+    del blob["params"]["pipeline"]
+    torch.save(blob, bare)
+    assert spot(trained.mp4, "--model", bare, "--out", out) == 4          # no recipe recoverable
+    assert spot(trained.mp4, "--model", bare, "--out", out, "--dataset", DS) == 0
+    _, doc = read_out(out / VIDEO)
     assert doc["model"]["recipe"] == f"params.yaml + preset {DS}"
+    assert doc["steps"]["features"] == "cached"
 
 
 def test_200fps_frame_folder_maps_to_its_own_frame_numbers_and_the_same_seconds(trained, spot30, tmp_path):
