@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .synth_motion import warp_by_field
+
 #: rows/cols of skimage.data.astronaut() that hold the face with some background (240 px)
 FACE_BOX = (10, 250, 105, 345)
 #: the part of FACE_BOX that becomes the pair (the rest is margin for the warp)
@@ -58,9 +60,8 @@ def warped_pair(size: int = 224, amplitude: float = 1.5, seed: int = 0, source: 
     """``(i0, i1, flow)``: uint8 grayscale frames ``[size, size]`` and the true flow from i0 to i1."""
     img, margin = face_image(size, source)
     flow = smooth_field(size, amplitude, seed)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     i1 = img[margin:margin + size, margin:margin + size]
-    i0 = cv2.remap(img, xs + margin + flow[..., 0], ys + margin + flow[..., 1], cv2.INTER_CUBIC)
+    i0 = warp_by_field(img, flow, interpolation=cv2.INTER_CUBIC, offset=margin)   # the generator's warp
     to_u8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
     return to_u8(i0), to_u8(i1), flow
 

@@ -212,19 +212,25 @@ def sample_field(field: np.ndarray, points: np.ndarray) -> np.ndarray:
     return _sample(field, points)
 
 
-def warp_by_field(image: np.ndarray, field: np.ndarray, border: int = cv2.BORDER_REFLECT101) -> np.ndarray:
-    """Return ``out`` with ``out(x) = image(x + field(x))`` (bilinear, one ``cv2.remap``).
+def warp_by_field(image: np.ndarray, field: np.ndarray, border: int = cv2.BORDER_REFLECT101,
+                  interpolation: int = cv2.INTER_LINEAR, offset: int = 0) -> np.ndarray:
+    """Return ``out`` with ``out(x) = image(x + offset + field(x))`` (one ``cv2.remap``).
 
-    ``field`` is float ``[H, W, 2]`` (x, y) in pixels, the same H, W as ``image``. The
-    optical flow from ``out`` to ``image`` is exactly ``field``.
+    ``field`` is float ``[H, W, 2]`` (x, y) in pixels. With ``offset`` 0 it has the shape
+    of ``image``; with ``offset`` m the image carries a margin of at least m pixels on every
+    side that the warp may read instead of a reflected border. The
+    optical flow from ``out`` to ``image[m:m+H, m:m+W]`` is exactly ``field``.
     """
-    h, w = image.shape[:2]
-    if field.shape[:2] != (h, w) or field.shape[-1] != 2:
-        raise ValueError(f"field shape {field.shape} does not match image shape {image.shape[:2]} + (2,)")
+    h, w = field.shape[:2]
+    ih, iw = image.shape[:2]
+    fits = (ih, iw) == (h, w) if offset == 0 else (ih >= h + 2 * offset and iw >= w + 2 * offset)
+    if field.shape[-1] != 2 or not fits:
+        raise ValueError(f"field shape {field.shape} does not match image shape {image.shape[:2]} "
+                         f"with a {offset}-px margin")
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    mx = xs + field[..., 0].astype(np.float32)
-    my = ys + field[..., 1].astype(np.float32)
-    return cv2.remap(image, mx, my, cv2.INTER_LINEAR, borderMode=border)
+    mx = xs + offset + field[..., 0].astype(np.float32)
+    my = ys + offset + field[..., 1].astype(np.float32)
+    return cv2.remap(image, mx, my, interpolation, borderMode=border)
 
 
 def smooth_random_field(shape: tuple[int, int], max_px: float, scale_px: float, seed: int) -> np.ndarray:
