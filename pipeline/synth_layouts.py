@@ -18,7 +18,9 @@ own frame numbering, with AUs, regions and amplitude) and ``distractors.csv``.
 from __future__ import annotations
 
 import os
+import re
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -199,9 +201,24 @@ def distractor_table(specs: Iterable[VideoSpec], layout: str) -> pd.DataFrame:
 
 
 def _save_workbook(wb: Workbook, path: Path) -> None:
+    """Save atomically and byte-deterministically (fixed zip entry times and document dates).
+
+    openpyxl stamps the save time into the zip entries and docProps/core.xml; without
+    fixing them, identical content would change the dataset's DVC hash on every run and
+    rerun every stage downstream.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         wb.save(tmp)
+        with zipfile.ZipFile(tmp) as src:
+            entries = [(info.filename, src.read(info)) for info in src.infolist()]
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+            for name, data in entries:
+                if name == "docProps/core.xml":
+                    data = re.sub(rb"(<dcterms:(?:created|modified)[^>]*>)[^<]*(<)", rb"\g<1>2000-01-01T00:00:00Z\2",
+                                  data)
+                dst.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data,
+                             compress_type=zipfile.ZIP_DEFLATED)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -146,3 +146,22 @@ def test_bad_params_raise_config_error():
     p["count_model"] = "sometimes"
     with pytest.raises(ConfigError, match="count_model"):
         sample_schedule(600, 30, p, np.random.default_rng(0))
+
+
+def test_spreadsheets_are_byte_identical_across_saves(tmp_path):
+    """Same content, same bytes: otherwise every rerun changes the dataset's DVC hash."""
+    import time
+
+    from openpyxl import Workbook, load_workbook
+
+    from pipeline.synth_layouts import _save_workbook
+
+    digests = []
+    for i in range(2):
+        wb = Workbook()
+        wb.active.append([15, "disgust1_1", 10, 20, 30])
+        _save_workbook(wb, tmp_path / f"{i}.xlsx")
+        digests.append((tmp_path / f"{i}.xlsx").read_bytes())
+        time.sleep(2.1)   # past the zip format's 2-second time resolution
+    assert digests[0] == digests[1]
+    assert [c.value for c in load_workbook(tmp_path / "1.xlsx").active[1]] == [15, "disgust1_1", 10, 20, 30]
