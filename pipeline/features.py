@@ -507,7 +507,10 @@ class FeatureExtractor:
 
     def _launch(self, segments: list[tuple[_Active, int, int, int]], rows: int) -> _Launched:
         cfg = self.cfg
-        size = cfg.batch_size if cfg.compile else rows  # fixed shapes under torch.compile
+        # Always a full batch (zero rows past ``rows``): kernels chosen per batch shape would otherwise
+        # make a video's features depend on which videos share its batches, and a resumed run would
+        # differ from an uninterrupted one in the last bits. Fixed shapes also suit torch.compile.
+        size = cfg.batch_size
         feats = {}
         for stream in self.streams:
             channels = STREAM_CHANNELS[stream]

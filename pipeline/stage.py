@@ -59,7 +59,9 @@ def make_context(
     preset = load_dataset(dataset, preset_dir)
     par = ParallelConfig.from_params(stage_params(params, "parallel", preset) if "parallel" in params else {},
                                      fail_fast=fail_fast or None)
-    return StageContext(stage=stage, dataset=preset, params=params, paths=DataPaths(dataset, Path(data_root)),
+    # absolute: tasks sent to workers in another directory (a dask cluster) must write into this project
+    return StageContext(stage=stage, dataset=preset, params=params,
+                        paths=DataPaths(dataset, Path(data_root).resolve()),
                         parallel=par)
 
 

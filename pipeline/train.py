@@ -16,7 +16,9 @@ Speed: every video's features live on the device as one tensor and every window 
 row of indices into it; labels of all training windows are assigned once. A fold's
 seed is derived from ``train.seed`` and its subject, so its result does not depend on
 the order of folds. A fold whose checkpoint and predictions exist with the same digest
-is skipped (resume after a kill).
+is skipped (resume after a kill). ``train.fold_workers`` > 1 trains folds in parallel
+processes (one GPU each, round-robin, when several are visible; the dask cluster when
+``parallel.backend`` is ``dask``) with the same results as one after another.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -42,7 +44,9 @@ from .device import resolve_device
 from .errors import ConfigError, InputError
 from .h5io import COMPLETE_ATTR, DIGEST_ATTR, PARAMS_ATTR, read_attr_json
 from .params import digest
+from .paths import DataPaths
 from .postprocess import autocast, predictions_from_outputs, run_windows
+from .runner import ParallelConfig, VideoTask, map_videos
 from .stage import StageContext, stage_main
 from .tables import read_annotations, read_table, write_table
 from .windows import (FeatureBank, PointGrid, WindowSet, WindowSpec, assign_labels, make_test_windows,
@@ -321,8 +325,85 @@ class _Live:
         self.live.end()
 
 
+@dataclass
+class FoldJob:
+    """What training one fold needs besides the features (small, so it pickles to fold processes).
+
+    ``ctx`` has absolute paths, so that a process with another working directory (a dask
+    worker) reads and writes the same files; ``device`` is the device of that fold.
+    """
+
+    ctx: StageContext
+    preset: dict[str, Any]
+    cfg: TrainConfig
+    seed: int
+    run_id: str
+    provenance: dict[str, Any]
+    ckpt_params: dict[str, Any]
+    device: str
+
+
+def train_fold(prep: Prepared, job: FoldJob, fold: str) -> pd.DataFrame | None:
+    """Train fold ``fold`` (a held-out subject, or ``final``): write its checkpoint, dvclive logs and,
+    for a LOSO fold, its out-of-fold predictions (returned; None for ``final``)."""
+    runs = job.ctx.paths.runs
+    name = "final" if fold == "final" else f"fold_{fold}"
+    out_dir = runs / name
+    train_idx = np.flatnonzero(prep.train_subject != fold)
+    test_idx = None if fold == "final" else np.flatnonzero(prep.test_subject == fold)
+    live = _Live(runs / "live" / name)
+    t0 = time.perf_counter()
+    try:
+        model, preds, hist = train_model(prep, train_idx, job.preset, job.cfg, fold_seed(job.seed, fold), test_idx,
+                                         on_epoch=live, desc=name)
+    finally:
+        live.close()
+    log.info("%s: %d training windows, %.1f s on %s, final loss %.4f", name, len(train_idx),
+             time.perf_counter() - t0, prep.bank.data.device, hist[-1]["loss"])
+    if fold != "final":
+        preds.insert(1, "subject", fold)
+        preds.insert(2, "fold", fold)
+        preds = preds[PREDICTION_COLUMNS]
+        write_table(preds, out_dir / "predictions.csv")
+    save_checkpoint(out_dir / "model.pt", model, job.preset, job.ckpt_params, job.provenance,
+                    extra={"run_digest": job.run_id, "fold": fold, "history": hist,
+                           "train_subjects": sorted(set(prep.train_subject[train_idx]))})
+    return None if fold == "final" else preds
+
+
+def _fold_group(task: VideoTask) -> dict[str, pd.DataFrame | None]:
+    """Train the folds ``task.payload["folds"]`` one after another in one process (a
+    :func:`pipeline.runner.map_videos` task): the process reads the features itself, once,
+    instead of receiving them pickled, and refuses features that changed since the driver
+    computed the run's digest. Returns {fold: out-of-fold predictions (None for ``final``)}."""
+    job: FoldJob = task.payload["job"]
+    features, annotations, subjects, provenance = load_inputs(job.ctx, int(job.preset["window"]["feature_stride"]))
+    if provenance.get("features_digest") != job.provenance.get("features_digest"):
+        raise InputError(f"{job.ctx.paths.features}: features changed while the train stage ran. "
+                         "Rerun the train stage (dvc repro train).")
+    prep = prepare(features, annotations, subjects, job.preset, resolve_device(job.device))
+    return {fold: train_fold(prep, job, fold) for fold in task.payload["folds"]}
+
+
+def fold_devices(device: torch.device, n: int, backend: str, requested: str = "auto") -> list[str]:
+    """The device of each of ``n`` fold processes: ``cuda:i`` round-robin over the visible GPUs when
+    training on CUDA with local processes; on a dask cluster each worker resolves ``requested``
+    (``train.device``) itself (start one worker per GPU, e.g. ``CUDA_VISIBLE_DEVICES=i dask worker``)."""
+    if backend == "dask":
+        return [requested] * n
+    if device.type == "cuda" and torch.cuda.device_count() > 1 and device.index is None:
+        return [f"cuda:{i % torch.cuda.device_count()}" for i in range(n)]
+    return [str(device)] * n
+
+
 def run(ctx: StageContext) -> None:
-    """LOSO training of IAENet on one dataset, then a final model on every subject."""
+    """LOSO training of IAENet on one dataset, then a final model on every subject.
+
+    ``train.fold_workers`` > 1 trains that many folds at once in separate processes (loky, one
+    GPU each round-robin when several are visible), or on the dask cluster when
+    ``parallel.backend`` is ``dask``; every fold has its own seed, so the results are those of
+    the sequential run.
+    """
     p = ctx.section()
     preset_name = p.get("model_preset") or ctx.dataset.get("model_preset")
     if not preset_name:
@@ -330,8 +411,12 @@ def run(ctx: StageContext) -> None:
     preset = resolve_preset(load_model_preset(preset_name, p.get("preset_dir") or "configs"), p)
     cfg = TrainConfig.from_preset(preset, p)
     device = resolve_device(str(p.get("device") or "auto"))
+    fold_workers = 1 if p.get("fold_workers") is None else int(p["fold_workers"])
+    if fold_workers < 1:
+        raise ConfigError(f"params.yaml: train.fold_workers must be >= 1 (1: folds one after another), "
+                          f"got {fold_workers}.")
     features, annotations, subjects, provenance = load_inputs(ctx, int(preset["window"]["feature_stride"]))
-    prep = prepare(features, annotations, subjects, preset, device)
+    width = int(next(iter(features.values())).shape[1])
     seed = int(p.get("seed", 0))
     runs = ctx.paths.runs
     run_id = digest({"preset": preset, "cfg": cfg.__dict__, "seed": seed, "provenance": provenance,
@@ -343,44 +428,46 @@ def run(ctx: StageContext) -> None:
     if len(set(subjects.values())) < 2:
         raise ConfigError(f"{ctx.name}: leave-one-subject-out needs at least 2 subjects with features, "
                           f"found {len(set(subjects.values()))}.")
-    n_params = count_parameters(build_model(preset, prep.bank.width))
-    log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s", preset["name"], n_params,
-             prep.bank.width, len(folds), device, cfg.precision)
+    n_params = count_parameters(build_model(preset, width))
+    log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s, %d at a time", preset["name"],
+             n_params, width, len(folds), device, cfg.precision, fold_workers)
     # the recipe of the features the model was trained on, so a copied model.pt spots new videos alone
     pipeline_recipe = {stage: ctx.section(stage) for stage in ("crop", "flow", "features")}
     pipeline_recipe["target_fps"] = ctx.dataset.get("target_fps") or ctx.section("resample").get("target_fps")
     pipeline_recipe["color"] = ctx.dataset.get("color")
     ckpt_params = {"train": p, "seed": seed, "pipeline": pipeline_recipe}
-    all_preds = []
-    for fold in tqdm(folds + (["final"] if p.get("final_model", True) else []), desc="train folds", unit="fold"):
+    job = FoldJob(ctx=ctx, preset=preset, cfg=cfg, seed=seed, run_id=run_id, provenance=provenance,
+                  ckpt_params=ckpt_params, device=str(device))
+    preds_of: dict[str, pd.DataFrame | None] = {}
+    todo = []
+    for fold in folds + (["final"] if p.get("final_model", True) else []):
         name = "final" if fold == "final" else f"fold_{fold}"
-        out_dir = runs / name
-        pred_path = out_dir / "predictions.csv"
-        if _done(out_dir / "model.pt", run_id) and (fold == "final" or pred_path.is_file()):
+        pred_path = runs / name / "predictions.csv"
+        if _done(runs / name / "model.pt", run_id) and (fold == "final" or pred_path.is_file()):
             log.info("%s: complete with the same inputs and params, skipped", name)
             if fold != "final":
-                all_preds.append(pd.read_csv(pred_path, dtype={"video": str, "subject": str, "fold": str}))
+                preds_of[fold] = pd.read_csv(pred_path, dtype={"video": str, "subject": str, "fold": str})
             continue
-        train_idx = np.flatnonzero(prep.train_subject != fold)
-        test_idx = None if fold == "final" else np.flatnonzero(prep.test_subject == fold)
-        live = _Live(runs / "live" / name)
-        t0 = time.perf_counter()
-        try:
-            model, preds, hist = train_model(prep, train_idx, preset, cfg, fold_seed(seed, fold), test_idx,
-                                             on_epoch=live, desc=name)
-        finally:
-            live.close()
-        log.info("%s: %d training windows, %.1f s, final loss %.4f", name, len(train_idx),
-                 time.perf_counter() - t0, hist[-1]["loss"])
-        if fold != "final":
-            preds.insert(1, "subject", fold)
-            preds.insert(2, "fold", fold)
-            preds = preds[PREDICTION_COLUMNS]
-            write_table(preds, pred_path)
-            all_preds.append(preds)
-        save_checkpoint(out_dir / "model.pt", model, preset, ckpt_params, provenance,
-                        extra={"run_digest": run_id, "fold": fold, "history": hist,
-                               "train_subjects": sorted(set(prep.train_subject[train_idx]))})
+        todo.append(fold)
+    if fold_workers == 1 or len(todo) <= 1:
+        prep = prepare(features, annotations, subjects, preset, device) if todo else None
+        for fold in tqdm(todo, desc="train folds", unit="fold"):
+            preds_of[fold] = train_fold(prep, job, fold)
+    else:
+        del features   # each fold process reads its own copy
+        backend = "dask" if ctx.parallel.backend == "dask" else "loky"
+        absolute = replace(ctx, paths=DataPaths(ctx.paths.name, Path(ctx.paths.root).resolve()))
+        n = min(fold_workers, len(todo))
+        devices = fold_devices(device, n, backend, str(p.get("device") or "auto"))
+        tasks = [VideoTask("folds " + ", ".join(todo[i::n]), None, run_id,
+                           {"job": replace(job, ctx=absolute, device=devices[i]), "folds": todo[i::n]})
+                 for i in range(n)]
+        par = ParallelConfig(backend=backend, n_jobs=n, address=ctx.parallel.address,
+                             fail_fast=ctx.parallel.fail_fast)
+        log.info("%d folds in %d %s processes on %s", len(todo), n, backend, ", ".join(sorted(set(devices))))
+        for group in map_videos(_fold_group, tasks, stage="train folds", parallel=par).values():
+            preds_of.update(group)
+    all_preds = [preds_of[f] for f in folds if preds_of.get(f) is not None]
     preds = pd.concat(all_preds, ignore_index=True) if all_preds else pd.DataFrame(columns=PREDICTION_COLUMNS)
     write_table(preds[PREDICTION_COLUMNS], runs / "predictions.csv")
     log.info("wrote %d predictions of %d folds to %s", len(preds), len(all_preds), runs / "predictions.csv")

@@ -1,0 +1,581 @@
+"""Benchmark: the whole pipeline through ``dvc repro``, stage by stage, on a synthetic dataset of a chosen size.
+
+A copy of the repository is made in a temporary folder (as ``tests/test_pipeline_dvc.py``
+does) with one synthetic dataset preset of the requested layout and scale; then every
+stage runs as ``dvc repro --single-item <stage>@<dataset>`` in order, on whatever the
+machine has (``device: auto``: the GPU for flow, features and train when there is one;
+``parallel.n_jobs: -1``: every CPU core for the per-video stages). Printed JSON (also
+written to ``--out`` after every stage, so a run cut short keeps what it measured):
+
+* per stage: wall time (the ``dvc repro`` call: the stage plus DVC's hashing and caching of
+  its outputs), the work it did (frames, pairs, clips, folds) and the throughput;
+* host memory: the peak of the summed RSS of the ``dvc`` process tree (psutil, polled every
+  ``--interval`` s; shared pages count once per process) and the largest single process's
+  peak RSS (``wait4`` rusage of the stage, which covers every descendant it waited for);
+  CPU seconds of the tree from the same rusage;
+* GPU, when NVML can be read (``pynvml`` from nvidia-ml-py, else ``nvidia-smi``), sampled in a
+  thread every ``--interval`` s: mean and max utilisation, the peak device memory in use
+  above the level before the stage (all processes on the card), and the peak memory of
+  the stage's own processes where NVML lists them;
+* the extrapolated time for CAS(ME)^2 and SAMM-LV scale, with the rule used.
+
+Run on a lent GPU machine (one command; 8 videos x 60 s at 640x480, 14.4k frames, the published
+recipe; flow eager because compiling every pyramid size takes minutes of a short lease):
+
+    python benchmarks/e2e.py --layout casme2 --subjects 4 --videos-per-subject 2 --duration-s 60 \\
+        --recipe full --param flow.compile=false --stage-timeout 300 --out "$OUT/e2e_gpu.json"
+
+CPU proof of function (a minute or two on 2 cores):
+
+    python benchmarks/e2e.py --recipe tiny --subjects 2 --videos-per-subject 1 --duration-s 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COPY = ["pipeline", "models", "configs", "params.yaml", "dvc.yaml", "setup.cfg", ".dvc/config", ".dvcignore"]
+STAGES = ["synth", "ingest", "resample", "crop", "flow", "features", "train", "evaluate"]
+
+log = logging.getLogger("e2e")
+
+LAYOUTS: dict[str, dict[str, Any]] = {   # the synthetic presets' layouts (configs/datasets/synth_*.yaml)
+    "casme2": {"layout": "casme2", "frames_dir": "rawpic", "annotation_file": "CAS(ME)^2code_final.xlsx",
+               "source_fps": 30, "target_fps": 30, "color": True, "model_preset": "iaenet_casme2",
+               "size": [640, 480]},
+    "samm": {"layout": "samm", "frames_dir": "SAMM_longvideos", "annotation_file": "SAMM_LongVideos_V3_Release.xlsx",
+             "source_fps": 200, "target_fps": 30, "color": False, "model_preset": "iaenet_samm",
+             "size": [2040, 1088]},
+}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # the published recipe (params.yaml defaults); I3D weights random (their values do not change speed)
+    "full": {"features": {"allow_random_init": True}},
+    # the synthetic presets' CPU recipe (configs/datasets/synth_casme2.yaml)
+    "reduced": {"crop": {"size": 112},
+                "flow": {"nscales": 3, "warps": 2, "outer_iterations": 1, "inner_iterations": 20},
+                "features": {"allow_random_init": True, "input_size": 64, "fuse": True, "batch_size": 32},
+                "train": {"epochs": 8, "warmup_epochs": 2, "batch_size": 8, "schedule": "step"}},
+    # tests/test_pipeline_dvc.py's tiny recipe: proves the benchmark works, says nothing of real speed
+    "tiny": {"crop": {"size": 48, "threads": 1},
+             "flow": {"nscales": 2, "warps": 1, "outer_iterations": 1, "inner_iterations": 5, "median_filtering": 1},
+             "features": {"allow_random_init": True, "input_size": 32, "fuse": True, "batch_size": 16},
+             "train": {"epochs": 2, "warmup_epochs": 1, "batch_size": 4, "schedule": "step"}},
+}
+
+TARGETS: dict[str, dict[str, Any]] = {   # the real datasets' sizes
+    "CAS(ME)^2": {"source_frames": 248_000, "source_fps": 30, "target_fps": 30, "subjects": 22,
+                  "layout": "casme2", "source_size": [640, 480]},
+    "SAMM-LV": {"source_frames": 491_000, "source_fps": 200, "target_fps": 30, "subjects": 30,
+                "layout": "samm", "source_size": [2040, 1088]},
+}
+
+EXTRAPOLATION_RULE = (
+    "Per stage: fixed_cost_s + (wall_s - fixed_cost_s) / measured units x target units (linear in the work, same "
+    "machine, recipe and settings). fixed_cost_s is measured after the stage: `python -m pipeline.<stage> --help` "
+    "(imports) plus a `dvc repro` of the up-to-date stage (DVC start-up and checks). Units: ingest = source "
+    "frames; resample, crop, evaluate = kept frames (source frames x "
+    "target_fps / source_fps); flow = frame pairs, taken as the kept frames (one pair fewer per video); features = "
+    "clips per stream = kept frames / features.stride; train = frames in the training subjects summed over the "
+    "trained models = kept frames x subjects (LOSO folds x (S-1)/S of the frames, plus the final model on all), "
+    "assuming subjects of equal size. synth is not part of a real run and is left out. Start-up costs beyond "
+    "the fixed cost (model builds, loading dlib, worker processes, first-batch compilation) count as work, so a "
+    "small run overestimates; crop and "
+    "ingest depend on the source resolution, so a target is comparable only when its layout and frame size match "
+    "the run's ('comparable' below); flow, features and train depend on the recipe.")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _nvml() -> tuple[Callable[[], list[dict[str, Any]]], Callable[[], dict[int, float]]] | None:
+    """(per-device sample, per-process memory MiB) readers through NVML or nvidia-smi; None without a GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        if not handles:
+            return None
+
+        def devices() -> list[dict[str, Any]]:
+            out = []
+            for h in handles:
+                util = pynvml.nvmlDeviceGetUtilizationRates(h)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+                out.append({"util": float(util.gpu), "mem_mib": mem.used / 2**20})
+            return out
+
+        def processes() -> dict[int, float]:
+            used: dict[int, float] = {}
+            for h in handles:
+                try:
+                    procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+                except pynvml.NVMLError:
+                    continue
+                for p in procs:
+                    if p.usedGpuMemory is not None:
+                        used[p.pid] = used.get(p.pid, 0.0) + p.usedGpuMemory / 2**20
+            return used
+
+        return devices, processes
+    except Exception:  # noqa: BLE001 - no NVML library or no driver: try nvidia-smi
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+
+    def smi_devices() -> list[dict[str, Any]]:
+        out = subprocess.run([smi, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return [{"util": float(u), "mem_mib": float(m)} for u, m in
+                (line.split(",") for line in out.strip().splitlines() if "," in line)]
+
+    def smi_processes() -> dict[int, float]:
+        out = subprocess.run([smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        used: dict[int, float] = {}
+        for line in out.strip().splitlines():
+            try:
+                pid, mem = (x.strip() for x in line.split(","))
+                used[int(pid)] = used.get(int(pid), 0.0) + float(mem)
+            except ValueError:
+                continue
+        return used
+
+    try:
+        if not smi_devices():
+            return None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return smi_devices, smi_processes
+
+
+@dataclass
+class Sampler:
+    """Polls host memory of a process tree and the GPUs in a thread while a stage runs."""
+
+    interval: float
+    gpu: tuple[Callable[[], list[dict[str, Any]]], Callable[[], dict[int, float]]] | None
+    root_pid: int | None = None
+    rss_peak_mib: float = 0.0
+    procs_peak: int = 0
+    util: list[float] = field(default_factory=list)
+    mem_peak_mib: float = 0.0
+    proc_mem_peak_mib: float = 0.0
+    baseline_mib: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self, pid: int) -> None:
+        self.root_pid = pid
+        if self.gpu is not None:
+            try:
+                self.baseline_mib = sum(d["mem_mib"] for d in self.gpu[0]())
+            except Exception:  # noqa: BLE001 - a failed read only loses that figure
+                self.baseline_mib = 0.0
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _tree(self) -> list[Any]:
+        import psutil
+
+        try:
+            root = psutil.Process(self.root_pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _loop(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            procs = self._tree()
+            rss = 0
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.rss_peak_mib = max(self.rss_peak_mib, rss / 2**20)
+            self.procs_peak = max(self.procs_peak, len(procs))
+            if self.gpu is not None:
+                try:
+                    devs = self.gpu[0]()
+                    self.util.append(sum(d["util"] for d in devs) / max(len(devs), 1))
+                    self.mem_peak_mib = max(self.mem_peak_mib, sum(d["mem_mib"] for d in devs) - self.baseline_mib)
+                    pids = {p.pid for p in procs}
+                    mine = sum(m for pid, m in self.gpu[1]().items() if pid in pids)
+                    self.proc_mem_peak_mib = max(self.proc_mem_peak_mib, mine)
+                except Exception:  # noqa: BLE001
+                    pass
+            self._stop.wait(self.interval)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host_rss_tree_peak_mib": round(self.rss_peak_mib, 1),
+                               "processes_peak": self.procs_peak}
+        if self.gpu is not None:
+            out.update({
+                "gpu_util_mean_pct": round(sum(self.util) / len(self.util), 1) if self.util else None,
+                "gpu_util_max_pct": max(self.util) if self.util else None,
+                "gpu_samples": len(self.util),
+                "gpu_mem_peak_above_baseline_mib": round(self.mem_peak_mib, 1),
+                "gpu_mem_peak_stage_processes_mib": round(self.proc_mem_peak_mib, 1) or None,
+            })
+        return out
+
+
+# ----------------------------------------------------------------------------- the project copy
+
+
+def make_project(workdir: Path, dataset: str, preset: dict[str, Any], param_sets: list[str], n_jobs: int) -> Path:
+    """Copy the repository's pipeline into ``workdir/project`` with one dataset, as a git repository."""
+    root = workdir / "project"
+    for item in COPY:
+        src, dst = REPO / item, root / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    (root / "configs" / "datasets" / f"{dataset}.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["datasets"] = [dataset]
+    params["synth_datasets"] = [dataset]
+    params["parallel"]["n_jobs"] = n_jobs
+    for item in param_sets:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name or not _:
+            raise SystemExit(f"--param {item!r}: expected SECTION.KEY=VALUE, e.g. train.fold_workers=2")
+        params.setdefault(section, {})[name] = yaml.safe_load(value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=m2es e2e", "-c", "user.email=e2e@m2es.invalid"]
+    (root / ".gitignore").write_text("/data/\n/metrics/\n")
+    for cmd in ([*git, "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "e2e project"]):
+        subprocess.run(cmd, cwd=root, check=True)   # dvclive needs a commit
+    return root
+
+
+def build_preset(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """The synthetic dataset preset of the requested layout, scale and recipe."""
+    lay = copy.deepcopy(LAYOUTS[args.layout])
+    size = args.size or lay.pop("size")
+    lay.pop("size", None)
+    overrides = copy.deepcopy(RECIPES[args.recipe])
+    overrides["synth"] = {"size": list(size), "n_subjects": args.subjects,
+                          "videos_per_subject": args.videos_per_subject, "duration_s": args.duration_s,
+                          "count_model": "rounded",
+                          # enough intervals in short videos for every fold to have training windows
+                          "expressions": {"macro": {"rate_per_min": 20.0}, "micro": {"rate_per_min": 10.0}}}
+    return {**lay, "root": f"data/raw/{dataset}", "synthetic": True, "overrides": overrides}
+
+
+# ----------------------------------------------------------------------------- measuring the work
+
+
+def _h5_rows(folder: Path, key: str) -> int:
+    import h5py
+
+    total = 0
+    for path in sorted(folder.glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            total += int(f[key].shape[0])
+    return total
+
+
+def work_done(project: Path, dataset: str, stride: int) -> dict[str, Any]:
+    """What the run computed: frames, videos, subjects, pairs, clips, folds (from the stages' outputs)."""
+    import pandas as pd
+
+    base = project / "data" / dataset
+    out: dict[str, Any] = {}
+    ing = base / "ingest" / "videos.csv"
+    if ing.is_file():
+        out["source_frames"] = int(pd.read_csv(ing)["n_frames"].sum())
+    res = base / "resample" / "videos.csv"
+    if res.is_file():
+        v = pd.read_csv(res, dtype={"subject": str})
+        out.update(videos=len(v), kept_frames=int(v["n_frames"].sum()), subjects=int(v["subject"].nunique()))
+        per_subject = v.groupby("subject")["n_frames"].sum()
+        out["_per_subject_frames"] = {str(k): int(x) for k, x in per_subject.items()}
+    if (base / "faces").is_dir():
+        out["crop_frames"] = _h5_rows(base / "faces", "frames")
+    if (base / "flow").is_dir():
+        out["flow_pairs"] = _h5_rows(base / "flow", "flow")
+    if (base / "features").is_dir():
+        out["feature_clips_per_stream"] = _h5_rows(base / "features", "rgb")
+        out["features_stride"] = stride
+    runs = base / "runs"
+    if runs.is_dir():
+        folds = sorted(p.name.removeprefix("fold_") for p in runs.glob("fold_*") if (p / "model.pt").is_file())
+        final = (runs / "final" / "model.pt").is_file()
+        out.update(loso_folds=len(folds), final_model=final, trained_models=len(folds) + int(final))
+        frames = out.get("_per_subject_frames", {})
+        total = sum(frames.values())
+        out["train_fold_frames"] = sum(total - frames.get(f, 0) for f in folds) + (total if final else 0)
+    return out
+
+
+STAGE_UNITS: dict[str, tuple[str, str]] = {   # stage: (measured quantity, throughput name)
+    "synth": ("source_frames", "frames_per_s"),
+    "ingest": ("source_frames", "frames_per_s"),
+    "resample": ("kept_frames", "frames_per_s"),
+    "crop": ("crop_frames", "frames_per_s"),
+    "flow": ("flow_pairs", "pairs_per_s"),
+    "features": ("feature_clips_per_stream", "clips_per_s_per_stream"),
+    "train": ("train_fold_frames", "fold_frames_per_s"),
+    "evaluate": ("kept_frames", "frames_per_s"),
+}
+
+
+def target_units(target: dict[str, Any], stride: int) -> dict[str, float]:
+    """The units of work of a real dataset under the extrapolation rule."""
+    kept = target["source_frames"] * target["target_fps"] / target["source_fps"]
+    return {"ingest": target["source_frames"], "resample": kept, "crop": kept, "flow": kept,
+            "features": kept / stride, "train": kept * target["subjects"], "evaluate": kept}
+
+
+def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride: int,
+                layout: str, size: list[int]) -> dict[str, Any]:
+    """Extrapolated seconds per stage and in total for CAS(ME)^2 and SAMM-LV."""
+    out: dict[str, Any] = {"rule": EXTRAPOLATION_RULE}
+    for name, target in TARGETS.items():
+        units = target_units(target, stride)
+        per_stage, total = {}, 0.0
+        for stage, n in units.items():
+            rec = stages.get(stage)
+            measured = work.get(STAGE_UNITS[stage][0])
+            if not rec or rec.get("rc") != 0 or not measured:
+                per_stage[stage] = None
+                continue
+            fixed = min(rec.get("fixed_cost_s", 0.0), rec["wall_s"])
+            secs = fixed + (rec["wall_s"] - fixed) / measured * n
+            per_stage[stage] = round(secs, 1)
+            total += secs
+        done = all(v is not None for v in per_stage.values())
+        out[name] = {"units": {k: round(v) for k, v in units.items()}, "stage_s": per_stage,
+                     "total_s": round(total, 1) if done else None,
+                     "total_h": round(total / 3600, 2) if done else None,
+                     "comparable": {"crop_ingest_resolution": layout == target["layout"]
+                                    and list(size) == target["source_size"]}}
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def machine() -> dict[str, Any]:
+    """Host, CPU, memory, Python, torch and GPU names."""
+    info: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    try:
+        import psutil
+
+        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    try:
+        import torch   # versions only: no CUDA context in this process (it would hold GPU memory all run long)
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    info["gpus"] = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout
+            info["gpus"] = [line.strip() for line in out.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(project), env.get("PYTHONPATH", "")])
+    env.update({"DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the process group ``pgid`` (a stage started in its own session), if any is left."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_stage(project: Path, stage: str, dataset: str, use_dvc: bool, sampler: Sampler, logs: Path,
+              timeout: float) -> dict[str, Any]:
+    """Run one stage (``dvc repro --single-item``, or the module), measured; returns its record."""
+    target = f"{stage}@{dataset}"
+    cmd = ([sys.executable, "-m", "dvc", "repro", "--single-item", target] if use_dvc
+           else [sys.executable, "-m", f"pipeline.{stage}", "--dataset", dataset])
+    logfile = logs / f"{stage}.log"
+    t0 = time.perf_counter()
+    with open(logfile, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=project, env=_env(project), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)   # its own process group: a timeout stops every worker
+        timer = threading.Timer(timeout, _kill_group, (proc.pid,))
+        timer.start()
+        sampler.start(proc.pid)
+        try:
+            # wait4: the stage's rusage, with that of every descendant it waited for (CPU time, max RSS)
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+            sampler.stop()
+    proc.returncode = rc = os.waitstatus_to_exitcode(status)
+    if rc == -signal.SIGKILL and time.perf_counter() - t0 >= timeout:
+        rc = 124
+        log.error("%s: stopped after --stage-timeout %.0f s", stage, timeout)
+    _kill_group(proc.pid)   # nothing of the stage outlives it (orphaned pool workers)
+    wall = time.perf_counter() - t0
+    rec: dict[str, Any] = {"cmd": " ".join(["python", *cmd[1:]]), "rc": rc, "wall_s": round(wall, 2),
+                           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                           "max_rss_single_process_mib": round(usage.ru_maxrss / 1024, 1)}
+    rec["cores_busy_mean"] = round(rec["cpu_s"] / wall, 2) if wall > 0 else None
+    rec.update(sampler.summary())
+    if rc != 0:
+        rec["log_tail"] = logfile.read_text(errors="replace")[-2000:]
+    return rec
+
+
+def fixed_cost(project: Path, stage: str, dataset: str, use_dvc: bool) -> float:
+    """Seconds a stage costs whatever its size: importing its module (``python -m pipeline.<stage> --help``)
+    plus, with DVC, a ``dvc repro`` of the now up-to-date stage (DVC start-up, lock and hash checks)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", f"pipeline.{stage}", "--help"], cwd=project, env=_env(project),
+                   capture_output=True, timeout=600)
+    if use_dvc:
+        subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", f"{stage}@{dataset}"], cwd=project,
+                       env=_env(project), capture_output=True, timeout=600)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layout", choices=sorted(LAYOUTS), default="casme2")
+    ap.add_argument("--subjects", type=int, default=2)
+    ap.add_argument("--videos-per-subject", type=int, default=1)
+    ap.add_argument("--duration-s", type=float, default=5.0, help="seconds per video")
+    ap.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None,
+                    help="source frame size (default: the real dataset's, 640x480 or 2040x1088)")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="tiny",
+                    help="full: params.yaml defaults (the published recipe, random I3D weights); reduced: the "
+                         "synthetic presets' CPU recipe; tiny: the DVC test's recipe")
+    ap.add_argument("--n-jobs", type=int, default=-1, help="parallel.n_jobs (-1: every core)")
+    ap.add_argument("--param", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="extra params.yaml settings, e.g. train.fold_workers=2 or features.precision=bf16")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES)
+    ap.add_argument("--no-dvc", action="store_true", help="run python -m pipeline.<stage> instead of dvc repro")
+    ap.add_argument("--interval", type=float, default=0.2, help="sampling period of memory and GPU (s)")
+    ap.add_argument("--stage-timeout", type=float, default=3600.0)
+    ap.add_argument("--workdir", type=Path, default=None, help="where the project copy goes (default: a tmp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the project copy")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every stage)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.no_dvc:
+        try:
+            import dvc  # noqa: F401
+        except ImportError:
+            ap.error("dvc is not importable in this environment: pip install -e '.[dev]' (or pass --no-dvc)")
+
+    dataset = f"e2e_{args.layout}"
+    preset = build_preset(args, dataset)
+    workdir = Path(tempfile.mkdtemp(prefix="m2es_e2e_")) if args.workdir is None else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    project = make_project(workdir, dataset, preset, args.param, args.n_jobs)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    stride = int((preset["overrides"].get("features") or {}).get("stride") or params["features"]["stride"])
+    size = list(args.size or LAYOUTS[args.layout]["size"])
+    gpu = _nvml()
+    gpu_readout = None
+    if gpu is not None:
+        gpu_readout = "nvidia-smi" if getattr(gpu[0], "__name__", "") == "smi_devices" else "nvml (pynvml)"
+    result: dict[str, Any] = {
+        "benchmark": "e2e", "machine": machine(), "gpu_readout": gpu_readout,
+        "config": {"layout": args.layout, "subjects": args.subjects, "videos_per_subject": args.videos_per_subject,
+                   "duration_s": args.duration_s, "source_size": size, "recipe": args.recipe,
+                   "recipe_overrides": RECIPES[args.recipe], "n_jobs": args.n_jobs, "params": args.param,
+                   "runner": "python -m pipeline" if args.no_dvc else "dvc repro --single-item",
+                   "project": str(project)},
+        "stages": {},
+    }
+    log.info("project copy in %s; %s", project, "GPU sampled" if gpu else "no GPU readout")
+
+    def dump() -> None:
+        text = json.dumps(result, indent=2, default=str)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+
+    t_all = time.perf_counter()
+    for stage in [s for s in STAGES if s in args.stages]:
+        log.info("%s ...", stage)
+        rec = run_stage(project, stage, dataset, not args.no_dvc, Sampler(args.interval, gpu), logs,
+                        args.stage_timeout)
+        if rec["rc"] == 0:
+            rec["fixed_cost_s"] = round(fixed_cost(project, stage, dataset, not args.no_dvc), 2)
+        work = work_done(project, dataset, stride)
+        quantity, rate = STAGE_UNITS[stage]
+        if work.get(quantity):
+            rec["work"] = {quantity: work[quantity]}
+            rec[rate] = round(work[quantity] / rec["wall_s"], 2)
+        if stage == "train" and work.get("trained_models"):
+            rec["work"].update(loso_folds=work["loso_folds"], final_model=work["final_model"])
+            rec["folds_per_min"] = round(work["trained_models"] / (rec["wall_s"] / 60), 2)
+        result["stages"][stage] = rec
+        log.info("%s: rc %s, %.1f s", stage, rec["rc"], rec["wall_s"])
+        dump()
+        if rec["rc"] != 0:
+            log.error("%s failed; see %s", stage, logs / f"{stage}.log")
+            break
+    work = work_done(project, dataset, stride)
+    result["work"] = {k: v for k, v in work.items() if not k.startswith("_")}
+    result["total_wall_s"] = round(time.perf_counter() - t_all, 1)
+    result["total_wall_s_without_synth"] = round(sum(r["wall_s"] for s, r in result["stages"].items()
+                                                     if s != "synth"), 1)
+    result["extrapolated"] = extrapolate(result["stages"], work, stride, args.layout, size)
+    dump()
+    print(json.dumps(result, indent=2, default=str))
+    ok = all(r["rc"] == 0 for r in result["stages"].values())
+    if ok and not args.keep and args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    elif not ok:
+        log.error("project copy and stage logs kept in %s", workdir)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
