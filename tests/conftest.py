@@ -18,6 +18,19 @@ if str(TESTS) not in sys.path:  # so that tests can import tests/helpers as `hel
 from helpers.datasets import write_preset  # noqa: E402
 
 
+def _reference_dir() -> Path:
+    """``$M2ES_REFERENCE_DIR``, else ``../shared/reference/annotations`` beside the repository."""
+    if os.environ.get("M2ES_REFERENCE_DIR"):
+        return Path(os.environ["M2ES_REFERENCE_DIR"])
+    for shared in (REPO.parent / "shared", Path("/work/shared")):
+        if (shared / "reference" / "annotations").is_dir():
+            return shared / "reference" / "annotations"
+    return REPO.parent / "shared" / "reference" / "annotations"
+
+
+REFERENCE_DIR = _reference_dir()
+
+
 class Workspace:
     """A temporary repository-like folder (params.yaml, configs/datasets/, data/) that tests run in."""
 
@@ -73,8 +86,9 @@ def repo_root() -> Path:
 
 @pytest.fixture
 def reference_dir() -> Path:
-    """The real reference annotation tables (``$M2ES_REFERENCE_DIR``, default the shared copy); skip if absent."""
-    path = Path(os.environ.get("M2ES_REFERENCE_DIR", "/work/shared/reference/annotations"))
+    """The real reference annotation tables (``$M2ES_REFERENCE_DIR``, default the ``shared/`` copy
+    beside the repository, as CI lays it out); skip if absent."""
+    path = REFERENCE_DIR
     if not (path / "samm_annotation.csv").is_file():
         pytest.skip(f"reference annotation tables not found in {path} (set M2ES_REFERENCE_DIR)")
     return path

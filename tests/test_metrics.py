@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,9 @@ import pytest
 from pipeline.metrics import (Counts, count_by_type, counts_by_group, evaluate, f1_score, interval_iou, match,
                               safe_ratio)
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "annotations" / "casme2_annotation_357.csv"
+from conftest import REFERENCE_DIR  # noqa: E402
+
+REFERENCE = REFERENCE_DIR / "casme2_annotation_357.csv"
 
 
 def _gt(rows: list[tuple]) -> pd.DataFrame:
