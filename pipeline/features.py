@@ -55,7 +55,7 @@ from models.weights import BACKBONES, RANDOM_INIT, STREAM_CHANNELS, Backbone, lo
 
 from .device import resolve_device
 from .errors import ConfigError, InputError, M2esError, StageFailed
-from .h5io import atomic_h5, file_digest, remove_partials
+from .h5io import atomic_h5, file_digest, remove_partials, remove_stale
 from .params import digest
 from .runner import VideoTask, pending
 from .stage import StageContext, stage_main
@@ -639,10 +639,15 @@ def run(ctx: StageContext) -> None:
     removed = remove_partials(out_dir)
     if removed:
         log.info("features: removed %d partial file(s) of an interrupted run", removed)
+    videos = list_videos(ctx)
+    stale = remove_stale(out_dir, set(videos))
+    if stale:
+        log.info("features: removed %d output(s) of videos no longer in the tables: %s", len(stale),
+                 ", ".join(stale))
     failures: dict[str, str] = {}
     skipped: list[dict[str, Any]] = []
     probes: list[VideoProbe] = []
-    for video in list_videos(ctx):
+    for video in videos:
         try:
             probe = probe_video(video, ctx.paths.h5(ctx.paths.faces, video), ctx.paths.h5(ctx.paths.flow, video))
         except M2esError as exc:

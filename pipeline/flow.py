@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError, M2esError, StageFailed
-from .h5io import COMPLETE_ATTR, atomic_h5, file_digest, remove_partials, write_attrs
+from .h5io import COMPLETE_ATTR, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
 from .params import digest
 from .runner import VideoTask, map_videos, pending
 from .stage import StageContext, stage_main
@@ -371,6 +371,10 @@ def run(ctx: StageContext) -> None:
     ident["opencv_version"] = cv2.__version__ if impl == "opencv" else None
     remove_partials(ctx.paths.flow)
     tasks, bad = build_tasks(ctx, {k: v for k, v in ident.items() if k != "opencv_version"}, section, cfg)
+    stale = remove_stale(ctx.paths.flow, {t.video for t in tasks} | set(bad))
+    if stale:
+        log.info("%s: removed %d output(s) of videos no longer in the tables: %s", STAGE, len(stale),
+                 ", ".join(stale))
     for t in tasks:
         t.payload["attrs"] = dict(ident)
     log.info("%s@%s: %d videos, impl %s", STAGE, ctx.name, len(tasks), impl)

@@ -335,3 +335,15 @@ def test_bf16_channels_last_fused_path_matches_fp32_on_gpu() -> None:
     for s in ("rgb", "flow"):
         cos = torch.nn.functional.cosine_similarity(torch.from_numpy(on_cpu[s]), torch.from_numpy(ref["v0"][s]), dim=1)
         assert cos.min() >= 0.99999, (s, cos.min().item())
+
+
+def test_stage_removes_features_of_videos_no_longer_in_the_tables(workspace) -> None:
+    make_video(workspace.root, "v1", 11, seed=1)
+    make_video(workspace.root, "v2", 11, seed=2)
+    setup_dataset(workspace, {"v1": 11, "v2": 11})
+    workspace.run("features", DS)
+    out = workspace.out(DS, "features")
+    assert sorted(p.name for p in out.glob("*.h5")) == ["v1.h5", "v2.h5"]
+    setup_dataset(workspace, {"v1": 11})          # v2 left the dataset
+    workspace.run("features", DS)
+    assert sorted(p.name for p in out.glob("*.h5")) == ["v1.h5"]

@@ -167,3 +167,15 @@ def test_main_reports_user_errors_with_exit_code_2(tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     code = flow_stage.main(["--dataset", "synth_casme2", "--data-root", str(tmp_path / "empty")])
     assert code == 2
+
+
+def test_outputs_of_videos_gone_upstream_are_removed(tmp_path):
+    frames = _video(32, 3)
+    _faces(tmp_path, "s01_v1", frames)
+    gone = _faces(tmp_path, "s02_v1", frames)
+    ctx = _ctx(tmp_path)
+    flow_stage.run(ctx)
+    assert sorted(p.name for p in ctx.paths.flow.glob("*.h5")) == ["s01_v1.h5", "s02_v1.h5"]
+    gone.unlink()   # crop dropped the video (it left the tables)
+    flow_stage.run(ctx)
+    assert sorted(p.name for p in ctx.paths.flow.glob("*.h5")) == ["s01_v1.h5"]
