@@ -52,7 +52,11 @@ from typing import Any, Callable
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COPY = ["pipeline", "models", "configs", "params.yaml", "dvc.yaml", "setup.cfg", ".dvc/config", ".dvcignore"]
+if str(REPO) not in sys.path:  # `python benchmarks/e2e.py` without the package installed
+    sys.path.insert(0, str(REPO))
+
+from pipeline.sandbox import make_project  # noqa: E402
+
 STAGES = ["synth", "ingest", "resample", "crop", "flow", "features", "train", "evaluate"]
 
 log = logging.getLogger("e2e")
@@ -251,33 +255,16 @@ class Sampler:
 # ----------------------------------------------------------------------------- the project copy
 
 
-def make_project(workdir: Path, dataset: str, preset: dict[str, Any], param_sets: list[str], n_jobs: int) -> Path:
-    """Copy the repository's pipeline into ``workdir/project`` with one dataset, as a git repository."""
-    root = workdir / "project"
-    for item in COPY:
-        src, dst = REPO / item, root / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    (root / "configs" / "datasets" / f"{dataset}.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["datasets"] = [dataset]
-    params["synth_datasets"] = [dataset]
-    params["parallel"]["n_jobs"] = n_jobs
+def project_params(param_sets: list[str], n_jobs: int) -> dict[str, Any]:
+    """params.yaml overrides from ``--param SECTION.KEY=VALUE`` options and the job count."""
+    params: dict[str, Any] = {"parallel": {"n_jobs": n_jobs}}
     for item in param_sets:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         if not name or not _:
             raise SystemExit(f"--param {item!r}: expected SECTION.KEY=VALUE, e.g. train.fold_workers=2")
         params.setdefault(section, {})[name] = yaml.safe_load(value)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=m2es e2e", "-c", "user.email=e2e@m2es.invalid"]
-    (root / ".gitignore").write_text("/data/\n/metrics/\n")
-    for cmd in ([*git, "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "e2e project"]):
-        subprocess.run(cmd, cwd=root, check=True)   # dvclive needs a commit
-    return root
+    return params
 
 
 def build_preset(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
@@ -515,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    project = make_project(workdir, dataset, preset, args.param, args.n_jobs)
+    project = make_project(workdir / "project", dataset, preset, project_params(args.param, args.n_jobs))
     params = yaml.safe_load((project / "params.yaml").read_text())
     stride = int((preset["overrides"].get("features") or {}).get("stride") or params["features"]["stride"])
     size = list(args.size or LAYOUTS[args.layout]["size"])

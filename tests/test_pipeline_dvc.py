@@ -17,9 +17,10 @@ import h5py
 import pytest
 import yaml
 
+from pipeline.sandbox import make_project
+
 REPO = Path(__file__).resolve().parents[1]
 DS = "synth_tiny"
-COPY = ["pipeline", "models", "configs", "params.yaml", "dvc.yaml", "setup.cfg", ".dvc/config", ".dvcignore"]
 
 TINY_PRESET = {
     "layout": "casme2", "root": f"data/raw/{DS}", "frames_dir": "rawpic",
@@ -57,26 +58,7 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository with one tiny synthetic dataset, after a full `dvc repro`."""
-    root = tmp_path_factory.mktemp("project")
-    for item in COPY:
-        src = REPO / item
-        dst = root / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    (root / "configs" / "datasets" / f"{DS}.yaml").write_text(yaml.safe_dump(TINY_PRESET, sort_keys=False))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["datasets"] = [DS]
-    params["synth_datasets"] = [DS]
-    params["parallel"]["n_jobs"] = 2
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=m2es tests", "-c", "user.email=tests@m2es.invalid"]
-    subprocess.run([*git, "init", "-q"], cwd=root, check=True)
-    (root / ".gitignore").write_text("/data/\n/metrics/\n")
-    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
-    subprocess.run([*git, "commit", "-qm", "tiny project"], cwd=root, check=True)   # dvclive needs a commit
+    root = make_project(tmp_path_factory.mktemp("project"), DS, TINY_PRESET, {"parallel": {"n_jobs": 2}})
     dvc(root, "repro")
     return root
 

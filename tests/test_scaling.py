@@ -41,7 +41,9 @@ import pytest
 import torch
 import yaml
 
-from test_pipeline_dvc import COPY, TINY_PRESET
+from pipeline.sandbox import make_project
+
+from test_pipeline_dvc import TINY_PRESET
 
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
@@ -191,19 +193,8 @@ def kill_group(pgid: int) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository with a 4-video synthetic dataset and the reference (loky) crop/flow/features."""
-    root = tmp_path_factory.mktemp("scaling")
-    for item in COPY:
-        src, dst = REPO / item, root / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    (root / "configs" / "datasets" / f"{DS}.yaml").write_text(yaml.safe_dump(PRESET, sort_keys=False))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["datasets"] = params["synth_datasets"] = [DS]
-    params["parallel"].update(backend="loky", n_jobs=2, address=None)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = make_project(tmp_path_factory.mktemp("scaling"), DS, PRESET,
+                        {"parallel": {"backend": "loky", "n_jobs": 2, "address": None}})
     for stage in ("synth", "ingest", "resample"):
         run_stage(root, stage)
     ref = fresh_root(root, "ref")
