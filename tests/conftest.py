@@ -79,6 +79,17 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models train faster on one torch thread (and do not fight other jobs for the 2 cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def repo_root() -> Path:
     """The repository root (for running ``python -m pipeline.<stage>`` in subprocesses)."""
     return REPO

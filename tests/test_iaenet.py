@@ -22,15 +22,6 @@ from pipeline.train import TrainConfig, prepare, train_model
 LOG2 = math.log(2.0)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread (and do not fight other jobs for the 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_preset(name: str = "iaenet_casme2") -> dict:
     """The published preset's geometry and recipe with a tiny network (fast on CPU)."""
     p = copy.deepcopy(load_model_preset(name))

@@ -21,14 +21,6 @@ VIDEOS = {  # video: (subject, feature steps)
 }
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_lr_schedule_is_the_published_one() -> None:
     assert lr_factor(0, 5, 30) == 0 and lr_factor(2, 5, 30) == pytest.approx(0.4)
     assert lr_factor(5, 5, 30) == pytest.approx(1.0)
