@@ -37,7 +37,7 @@ from .decode import BadFrameError, FrameSource, choose_reduction, open_source
 from .errors import ConfigError, InputError
 from .faces import Detection, FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
 from .h5io import atomic_h5, remove_partials, remove_stale, write_attrs
-from .params import digest
+from .params import check_keys, digest
 from .runner import VideoTask, map_videos
 from .stage import StageContext, stage_main
 from .tables import read_frames, read_videos
@@ -91,10 +91,7 @@ class CropParams:
     def from_section(cls, section: Mapping[str, Any]) -> "CropParams":
         """Validate a params section: unknown keys and bad values raise ConfigError naming the key."""
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(section) - set(known))
-        if unknown:
-            raise ConfigError(f"params.yaml: crop has unknown key(s) {', '.join(unknown)}. "
-                              f"Known keys: {', '.join(known)}.")
+        check_keys(section, set(known), "params.yaml: crop")
         values: dict[str, Any] = {}
         for key, value in section.items():
             default = known[key].default

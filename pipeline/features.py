@@ -56,7 +56,7 @@ from models.weights import BACKBONES, RANDOM_INIT, STREAM_CHANNELS, Backbone, lo
 from .device import resolve_device
 from .errors import ConfigError, InputError, M2esError, StageFailed
 from .h5io import atomic_h5, file_digest, remove_partials, remove_stale
-from .params import digest
+from .params import check_keys, digest
 from .runner import VideoTask, pending
 from .stage import StageContext, stage_main
 from .tables import read_videos, write_table
@@ -108,11 +108,7 @@ class FeatureConfig:
         weights = section.pop("weights", None) or {}
         if not isinstance(weights, Mapping) or set(weights) - set(STREAMS):
             raise ConfigError(f"{where}.weights must be a mapping with keys rgb and flow (paths or null).")
-        names = {f.name for f in fields(cls)} - {"weights_rgb", "weights_flow"}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}. Known: {', '.join(sorted(names))}, "
-                              "weights.")
+        check_keys(section, {f.name for f in fields(cls)} - {"weights_rgb", "weights_flow"} | {"weights"}, where)
         try:
             cfg = cls(weights_rgb=weights.get("rgb") or None, weights_flow=weights.get("flow") or None,
                       **{k: v for k, v in section.items()})
