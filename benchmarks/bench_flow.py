@@ -4,9 +4,11 @@ Prints one JSON document (and writes it to ``--out FILE``) with the machine, the
 and, for default OpenCV parameters:
 
 * pairs/s at 224x224: opencv 1 process, opencv all cores (one process per core, one
-  thread each), torch on CPU (small sample), torch on the GPU eager and compiled (+ CUDA
-  graphs), and the GPU / opencv-all-cores ratio from the same run;
-* pairs/s of the compiled GPU path at 112 and 400 px; peak GPU memory per pair;
+  thread each), torch on CPU (small sample), on the GPU the batch-schedule torch
+  kernels (eager; ``--kernels torch`` for compiled + CUDA graphs) and the Triton kernel
+  of one program per pair (``--kernels triton``, the default; ``--sweep`` tries several
+  block / warp shapes first), and the GPU / opencv-all-cores ratio from the same run;
+* pairs/s of the GPU path at 112 and 400 px; peak GPU memory per pair;
 * accuracy on face pairs warped by known smooth sub-pixel fields
   (:mod:`pipeline.flow_truth`): EPE vs truth of both implementations and the
   distribution of the per-pair torch-vs-opencv mean EPE;
@@ -83,12 +85,15 @@ def bench_opencv(i0: np.ndarray, i1: np.ndarray, params: TVL1Params, procs: int)
 
 
 def bench_torch(i0: np.ndarray, i1: np.ndarray, params: TVL1Params, device: str, batch: int, *,
-                compile: bool, graphs: bool, subpixel: int, warm: bool = True) -> dict[str, Any]:
+                compile: bool, graphs: bool, subpixel: int, warm: bool = True, kernels: str = "torch",
+                block: int = 256, warps: int = 8) -> dict[str, Any]:
     """pairs/s of :class:`TorchTVL1` (after one warm-up batch when ``warm``), peak memory, flows."""
     solver = TorchTVL1(params, device, compile=compile, cuda_graphs=graphs, max_batch=batch,
-                       remap_subpixel=subpixel)
-    res: dict[str, Any] = {"device": device, "compile": compile, "cuda_graphs": solver.cuda_graphs,
-                           "batch": batch, "pairs": len(i0)}
+                       remap_subpixel=subpixel, kernels=kernels, triton_block=block, triton_warps=warps)
+    res: dict[str, Any] = {"device": device, "kernels": kernels, "compile": solver.compiled,
+                           "cuda_graphs": solver.cuda_graphs, "batch": batch, "pairs": len(i0)}
+    if kernels == "triton":
+        res["triton_block"], res["triton_warps"] = block, warps
     cuda = device.startswith("cuda")
     if warm:
         t = time.perf_counter()
@@ -107,6 +112,9 @@ def bench_torch(i0: np.ndarray, i1: np.ndarray, params: TVL1Params, device: str,
     res["pairs_per_s"] = round(len(i0) / dt, 2)
     res["seconds"] = round(dt, 3)
     res["efficiency"] = round(solver.stats.efficiency, 3)
+    its_sum = float(np.sum(solver.stats.per_pair_iterations))
+    # memory traffic of the iterations alone at the 88 B/px of the two-phase kernel (flow_notes.md)
+    res["iteration_gb_per_s_at_88B"] = round(its_sum * i0.shape[1] * i0.shape[2] * 88 / dt / 1e9, 1)
     its = np.asarray(solver.stats.per_pair_iterations)
     res["iterations_per_pair"] = {"mean": round(float(its.mean()), 1), "p50": round(float(np.median(its)), 1),
                                   "max": round(float(its.max()), 1)}
@@ -131,9 +139,15 @@ def main(argv: list[str] | None = None) -> int:
                     "must fill its 105:345 x 10:250 box, see pipeline/flow_truth.py)")
     ap.add_argument("--cpu-threads", type=int, default=1, help="torch threads for the torch-CPU figure")
     ap.add_argument("--no-compile", action="store_true",
-                    help="eager GPU solver only (torch.compile of every pyramid size takes minutes)")
+                    help="torch kernels: eager only (torch.compile of every pyramid size takes minutes)")
+    ap.add_argument("--kernels", choices=("triton", "torch"), default="triton",
+                    help="GPU kernels of the main figures (triton: one program per pair; torch: batch schedule)")
+    ap.add_argument("--block", type=int, default=256, help="triton: pixels per program step")
+    ap.add_argument("--warps", type=int, default=8, help="triton: warps per program")
+    ap.add_argument("--sweep", action="store_true", help="triton: try several (block, warps) and use the best")
+    ap.add_argument("--skip-eager", action="store_true", help="skip the torch-eager batch-128 GPU figure")
     args = ap.parse_args(argv)
-    fast = not args.no_compile
+    fast = not args.no_compile and args.kernels == "torch"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     q = args.quick
     params = TVL1Params()                                  # OpenCV's defaults
@@ -176,23 +190,35 @@ def main(argv: list[str] | None = None) -> int:
 
     if cuda:
         dev = "cuda"
-        n_eager = 128 if q else 512
-        log.info("torch, GPU eager")
-        re_ = bench_torch(i0[:min(n_eager, len(i0))], i1[:min(n_eager, len(i0))], params, dev,
-                          min(n_eager, len(i0)), compile=False, graphs=False, subpixel=subpixel)
-        re_.pop("_flows")
-        out["torch_gpu_eager_224"] = re_
-        n_gpu = 2048 if q else 8192
+        kern = dict(kernels=args.kernels, block=args.block, warps=args.warps)
+        if not args.skip_eager:
+            n_eager = 128 if q else 512
+            log.info("torch, GPU eager")
+            re_ = bench_torch(i0[:min(n_eager, len(i0))], i1[:min(n_eager, len(i0))], params, dev,
+                              min(n_eager, len(i0)), compile=False, graphs=False, subpixel=subpixel)
+            re_.pop("_flows")
+            out["torch_gpu_eager_224"] = re_
+        n_gpu = 4096 if q else 8192
         g0, g1, ggt = make_pairs(224, n_gpu, unique=128 if q else 512, seed0=1000, source=source)
-        log.info("torch, GPU %s (%d pairs)", "compiled + CUDA graphs" if fast else "eager, large batch", n_gpu)
-        rg = bench_torch(g0, g1, params, dev, args.batch, compile=fast, graphs=fast, subpixel=subpixel)
+        if args.sweep and args.kernels == "triton":
+            sweep = {}
+            for block, warps in ((128, 4), (256, 4), (256, 8), (512, 8), (1024, 8), (512, 4)):
+                r = bench_torch(g0[:1024], g1[:1024], params, dev, 1024, compile=False, graphs=False,
+                                subpixel=subpixel, kernels="triton", block=block, warps=warps)
+                r.pop("_flows")
+                sweep[f"{block}x{warps}"] = r["pairs_per_s"]
+                out["triton_sweep_224_batch1024"] = sweep
+            best = max(sweep, key=sweep.get)
+            kern["block"], kern["warps"] = (int(v) for v in best.split("x"))
+        log.info("torch, GPU %s kernels (%d pairs)", args.kernels, n_gpu)
+        rg = bench_torch(g0, g1, params, dev, args.batch, compile=fast, graphs=fast, subpixel=subpixel, **kern)
         rg_flows = rg.pop("_flows")
-        out["torch_gpu_compiled_224"] = rg
+        out["torch_gpu_224"] = rg
         out["gpu_over_opencv_all_cores"] = round(rg["pairs_per_s"] / rn, 2)
         out["epe_vs_truth_224"]["torch_gpu"] = accuracy(rg_flows[:256], ggt[:256])
         # agreement: the GPU solver on exactly the pairs OpenCV solved
         ra = bench_torch(i0[:n_ocvn], i1[:n_ocvn], params, dev, args.batch, compile=fast, graphs=fast,
-                         subpixel=subpixel, warm=False)
+                         subpixel=subpixel, warm=False, **kern)
         fa = ra.pop("_flows")
         out["epe_vs_truth_224"]["torch_gpu_same_pairs"] = accuracy(fa, gt[:n_ocvn])
         d = np.array([endpoint_error(a, b) for a, b in zip(fa, fn)])
@@ -202,16 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         if not q:
             log.info("torch, GPU compiled without CUDA graphs")
             rng_ = bench_torch(g0[:4096], g1[:4096], params, dev, args.batch, compile=fast, graphs=False,
-                               subpixel=subpixel)
+                               subpixel=subpixel, **kern)
             rng_.pop("_flows")
-            out["torch_gpu_compiled_nographs_224"] = rng_
+            out["torch_gpu_nographs_224"] = rng_
         for size, batch, n in ((112, 4 * args.batch, 4096 if q else 16384), (400, max(1, args.batch // 4),
                                                                             512 if q else 2048)):
-            log.info("torch, GPU compiled at %d px", size)
+            log.info("torch, GPU at %d px", size)
             s0, s1, _ = make_pairs(size, n, unique=64, seed0=2000, source=source)
-            rs = bench_torch(s0, s1, params, dev, batch, compile=fast, graphs=fast, subpixel=subpixel)
+            rs = bench_torch(s0, s1, params, dev, batch, compile=fast, graphs=fast, subpixel=subpixel, **kern)
             rs.pop("_flows")
-            out[f"torch_gpu_compiled_{size}"] = rs
+            out[f"torch_gpu_{size}"] = rs
     print(json.dumps(out, indent=2))
     return 0
 

@@ -54,6 +54,9 @@ class FlowConfig:
     channel_order: str = "rgb"
     device: str = "auto"
     batch_pairs: int = 1024
+    kernels: str = "auto"
+    triton_block: int = 256
+    triton_warps: int = 8
     compile: bool = True
     cuda_graphs: bool = True
     check_every: int = 10
@@ -71,6 +74,12 @@ class FlowConfig:
             raise ConfigError(f"params.yaml: flow.impl '{cfg.impl}' must be one of {', '.join(IMPLS)}.")
         if cfg.channel_order not in ("rgb", "bgr"):
             raise ConfigError(f"params.yaml: flow.channel_order '{cfg.channel_order}' must be rgb or bgr.")
+        if cfg.kernels not in ("auto", "triton", "torch"):
+            raise ConfigError(f"params.yaml: flow.kernels '{cfg.kernels}' must be auto, triton or torch.")
+        tb = int(cfg.triton_block)
+        if tb < 32 or tb & (tb - 1) or int(cfg.triton_warps) not in (1, 2, 4, 8, 16):
+            raise ConfigError("params.yaml: flow.triton_block must be a power of two >= 32 and flow.triton_warps "
+                              f"one of 1, 2, 4, 8, 16 (got {cfg.triton_block}, {cfg.triton_warps}).")
         if int(cfg.batch_pairs) < 1 or int(cfg.check_every) < 1:
             raise ConfigError("params.yaml: flow.batch_pairs and flow.check_every must be >= 1.")
         if cfg.remap_subpixel not in ("auto", 0, 32):
@@ -91,6 +100,23 @@ def resolve_impl(impl: str, device: str = "auto") -> str:
     if device not in ("auto",) and not str(device).startswith("cuda"):
         return "opencv"
     return "torch" if torch.cuda.is_available() else "opencv"
+
+
+def resolve_kernels(kernels: str, tvl1: TVL1Params, device: Any) -> str:
+    """``triton`` or ``torch`` for the torch implementation (``auto``: Triton where it can run).
+
+    The Triton kernel (:mod:`pipeline.tvl1_triton`) runs each pair's own early-stop
+    schedule on the GPU; the torch kernels (:mod:`pipeline.tvl1_kernels`) cover every
+    parameter (``gamma != 0``, any median size) and the CPU. Both compute the same flow.
+    """
+    from .tvl1_triton import supports
+
+    if kernels == "torch":
+        return "torch"
+    why = supports(tvl1, device)
+    if kernels == "triton" and why:
+        raise ConfigError(f"params.yaml: flow.kernels is triton, but {why}. Set flow.kernels: auto or torch.")
+    return "torch" if why else "triton"
 
 
 def algorithm_identity(tvl1: TVL1Params, cfg: FlowConfig, impl: str) -> dict[str, Any]:
@@ -233,10 +259,13 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
     from .tvl1_torch import TorchTVL1
 
     device = resolve_device(cfg.device)
+    kernels = resolve_kernels(cfg.kernels, tvl1, device)
     solver = TorchTVL1(tvl1, device, compile=bool(cfg.compile) and device.type == "cuda",
                        cuda_graphs=bool(cfg.cuda_graphs), check_every=int(cfg.check_every),
                        remap_subpixel=int(attrs.get("remap_subpixel", 0)), max_batch=int(cfg.batch_pairs),
-                       oom_above=int(cfg.debug_oom_above_batch))
+                       oom_above=int(cfg.debug_oom_above_batch), kernels=kernels,
+                       triton_block=int(cfg.triton_block), triton_warps=int(cfg.triton_warps))
+    log.info("TV-L1 on %s with %s kernels", device, kernels)
     failures: dict[str, str] = {}
     done: dict[str, int] = {}
     shapes: list[tuple[tuple[int, ...], VideoTask]] = []

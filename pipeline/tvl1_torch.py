@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import tvl1_kernels as K
+from . import tvl1_triton as TT
 from .errors import InputError
 from .tvl1_opencv import TVL1Params
 
@@ -87,19 +88,34 @@ class TorchTVL1:
     OpenCV 5.x, 32 as OpenCV 4.x; see :func:`pipeline.tvl1_opencv.opencv_remap_subpixel`).
     ``oom_above`` is a testing hook only: a batch larger than it raises
     ``torch.cuda.OutOfMemoryError`` as a real out-of-memory would.
+
+    ``kernels="triton"`` solves each pyramid level with :mod:`pipeline.tvl1_triton` (one
+    persistent program per pair that runs OpenCV's early stop on its own, no host
+    synchronisation; ``gamma == 0`` and median 0/1/3/5 only, CUDA or the Triton
+    interpreter); ``compile``, ``cuda_graphs`` and ``check_every`` then do not apply.
     """
 
     def __init__(self, params: TVL1Params, device: torch.device | str = "cpu", *, compile: bool = False,
                  cuda_graphs: bool = False, check_every: int = 10, remap_subpixel: int = 0,
-                 max_batch: int = 1024, oom_above: int = 0) -> None:
+                 max_batch: int = 1024, oom_above: int = 0, kernels: str = "torch",
+                 triton_block: int = 256, triton_warps: int = 8) -> None:
         self.params = params
         self.device = torch.device(device)
+        if kernels not in ("torch", "triton"):
+            raise ValueError(f"kernels must be torch or triton, got {kernels!r}")
+        if kernels == "triton":
+            why = TT.supports(params, self.device)
+            if why:
+                raise InputError(f"flow.kernels: triton cannot run here: {why}. Use flow.kernels: auto or torch.")
+        self.kernels = kernels
+        self.triton_block = int(triton_block)
+        self.triton_warps = int(triton_warps)
         self.check_every = max(1, int(check_every))
         self.remap_subpixel = int(remap_subpixel)
         self.max_batch = max(1, int(max_batch))
         self.oom_above = int(oom_above)
-        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
-        self.compiled = bool(compile)
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda" and kernels == "torch"
+        self.compiled = bool(compile) and kernels == "torch"
         self._workspaces: dict[tuple[int, ...], _Workspace] = {}
         self.stats = SolveStats()
         if self.compiled:
@@ -205,6 +221,15 @@ class TorchTVL1:
                 u = [K.resize_linear(c, (hs, ws)) for c in u]
                 u[0] = u[0] * step
                 u[1] = u[1] * step          # u3 is not scaled (as OpenCV)
+            if self.kernels == "triton":
+                u = [c.contiguous() for c in u]
+                q = [torch.zeros_like(u[0]) for _ in range(4)]
+                count = torch.zeros(b, dtype=torch.int32, device=self.device)
+                i1x, i1y = K.centered_gradient(i1s[s])
+                TT.solve_level(i0s[s].contiguous(), i1s[s].contiguous(), i1x, i1y, u, q, count, p,
+                               self.remap_subpixel, block=self.triton_block, num_warps=self.triton_warps)
+                count_total += count.to(torch.float64) * (hs * ws / float(h * w))
+                continue
             ws_ = self._workspace(b, hs, ws, n_u)
             for dst, src in zip(ws_.u, u):
                 dst.copy_(src)
@@ -224,6 +249,8 @@ class TorchTVL1:
         self.stats.pairs += b
         per_pair = count_total.cpu().tolist()
         self.stats.pair_iterations += float(sum(per_pair))
+        if self.kernels == "triton":   # each pair runs its own schedule: nothing executed in vain
+            self.stats.batch_iterations += float(sum(per_pair))
         self.stats.per_pair_iterations.extend(per_pair)
         self.stats.seconds += time.perf_counter() - t0
         return torch.stack((u[0], u[1]), -1)
