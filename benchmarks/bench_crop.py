@@ -7,7 +7,8 @@ then measures, in frames per second of one video:
 * ``decode``: every frame decoded at full size with the same thread count (what any
   pipeline has to do at least);
 * ``stage_<compression>``: the whole per-video crop (reference detection, landmarks,
-  reduced decode, crop, resize, compression, HDF5 write) for gzip, lzf and none.
+  reduced decode, crop, resize, compression, HDF5 write) for each ``crop.compression``
+  (blosc-lz4, the default, blosc-zstd, lzf, gzip, none), with the file's bytes per frame.
 
 Prints one JSON object (machine, versions, figures). Not part of pytest; no assertion.
 Usage: ``python benchmarks/bench_crop.py [--frames 200] [--threads 2] [--size 224]``.
@@ -30,6 +31,7 @@ from skimage import data
 
 from pipeline.crop import CropParams, crop_video, make_finder
 from pipeline.decode import ImageFolderSource
+from pipeline.h5chunks import CODECS
 from pipeline.params import digest
 from pipeline.runner import VideoTask
 
@@ -94,8 +96,12 @@ def machine() -> dict:
     except OSError:
         pass
     import dlib
+    import blosc
+    import hdf5plugin
+
     return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "opencv": cv2.__version__, "dlib": dlib.__version__, "h5py": h5py.__version__, "gpu": None}
+            "opencv": cv2.__version__, "dlib": dlib.__version__, "h5py": h5py.__version__,
+            "hdf5plugin": hdf5plugin.version, "blosc": blosc.__version__, "gpu": None}
 
 
 def main() -> None:
@@ -109,14 +115,15 @@ def main() -> None:
     t0 = time.perf_counter()
     make_finder(base)
     load_s = time.perf_counter() - t0
-    figures: dict = {"model_load_s_once_per_process": round(load_s, 3)}
+    figures: dict = {"model_load_s_once_per_process": round(load_s, 3),
+                     "load_avg_1min_before": round(os.getloadavg()[0], 2)}  # other jobs on the machine
     with tempfile.TemporaryDirectory() as tmp:
         for name, sc in SCENARIOS.items():
             paths = render_folder(Path(tmp) / name, args.frames, sc["shape"], sc["scale"], sc["offset"], sc["color"])
             fig: dict = {"frames": args.frames, "threads": args.threads, "size": args.size}
             fig["decode_fps"] = round(max(time_decode(paths, sc["color"], args.threads)
                                           for _ in range(args.repeats)), 1)
-            for comp in ("gzip", "lzf", "none"):
+            for comp in CODECS:
                 params = {**base.__dict__, "compression": comp}
                 best, summary = 0.0, {}
                 for _ in range(args.repeats):

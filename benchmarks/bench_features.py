@@ -1,13 +1,14 @@
 """Throughput of the features stage: clips/s per stream, end to end from HDF5, plain vs fast path.
 
-Writes a few synthetic videos (faces uint8 224x224x3, flow float16, lzf-compressed and
-chunked per frame like the crop and flow stages) to a temporary folder, then runs
+Writes a few synthetic videos to a temporary folder as the stages write them (faces
+uint8 224x224x3 in 8-frame chunks with the crop stage's default compression, flow
+float16 in one-field chunks with the flow stage's default lzf), then runs
 :class:`pipeline.features.FeatureExtractor` fed by :class:`pipeline.features.PrefetchReader`
 over that list repeated as many times as needed for ``--seconds`` of work:
 
 * ``plain``: fp32 (TF32 off), contiguous memory, batch ``--plain-batch``;
 * ``fast``: bf16 autocast, channels_last_3d, folded BatchNorm + merged 1x1 branches,
-  optional ``torch.compile`` (``--compile``), batch ``--fast-batch``, reader processes.
+  optional ``torch.compile`` (``--compile``), batch ``--fast-batch``.
 
 For each path: clips/s of the RGB stream alone, the flow stream alone and both together
 (both: clips/s of each stream while both run; the
@@ -17,7 +18,14 @@ fraction of the card's dense bf16 matrix peak; the fast path's agreement with th
 path (minimum per-clip cosine similarity) on the same video; the reader's frames/s.
 JSON goes to stdout and to ``--out``. ``--quick`` keeps the whole run under ~3 minutes.
 
-Run (GPU machine, repository root): ``python benchmarks/bench_features.py --quick --out bench.json``
+``--reader-only`` measures only the host-side reader (no model): frames/s (each frame
+with its flow field) of the old whole-dataset h5py read and of
+:class:`~pipeline.features.PrefetchReader` with 1, 2, ... chunk threads (pinned memory on
+CUDA, as the stage runs there), on files in the page cache, so decoding, not the disk,
+is measured. The target is ~6,000 frames/s (3,000 clips/s per stream at stride 2).
+
+Run (GPU machine, repository root): ``python benchmarks/bench_features.py --quick --out bench.json``;
+reader only: ``python benchmarks/bench_features.py --reader-only --out reader.json``
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, VideoFeatures,  # noqa: E402
-                               clip_count, probe_video, reader_pool)
+                               clip_count, probe_video, read_threads, reader_pool)
+from pipeline.crop import CropParams  # noqa: E402
+from pipeline.h5chunks import CODECS, ChunkCodec  # noqa: E402
 from pipeline.h5io import atomic_h5  # noqa: E402
 
 log = logging.getLogger("bench_features")
@@ -59,31 +69,62 @@ def card_peak(name: str) -> float | None:
 
 
 def synthetic_video(n_frames: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth moving frames uint8 [T, H, W, 3] and smooth flow float16 [T-1, H, W, 2] (pixels)."""
+    """Face crops uint8 [T, size, size, 3] and smooth flow float16 [T-1, size, size, 2] (pixels).
+
+    What the reader decodes depends on how compressible the data are, so both are made to
+    compress like the stages' real outputs: the crops are the skimage astronaut's face,
+    drifting, with sensor noise, through a quality-90 JPEG (the synthetic datasets' setting)
+    and an area resize from a 1.43x larger box, as the crop stage makes them (lzf ~1.15x,
+    as on ``bench_crop``'s crops); the flow is smooth with 0.01 px of noise, because TV-L1
+    fields are not smooth to the last bit (lzf stores real 224 px fields 0.4% smaller at
+    best; a perfectly smooth field it would store 27% smaller).
+    """
+    import cv2
+    from skimage import data
+
     gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n_frames // 8 + 2, 3, 8, 8, generator=gen) * 255
-    idx = torch.linspace(0, coarse.shape[0] - 1.001, n_frames)
-    lo, w = idx.long(), (idx - idx.long())[:, None, None, None]
-    small = coarse[lo] * (1 - w) + coarse[lo + 1] * w
-    frames = torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
-    frames = (frames + torch.randn(frames.shape, generator=gen) * 4).clamp(0, 255).to(torch.uint8)
+    rng = np.random.default_rng(seed)
+    face, box = data.astronaut(), int(round(size * 1.43))
+    frames = np.empty((n_frames, size, size, 3), np.uint8)
+    for i in range(n_frames):
+        dx, dy = 3 * np.sin(i / 10 + seed), 2 * np.cos(i / 13 + seed)
+        m = np.float32([[box / 300, 0, -60 * box / 300 + dx], [0, box / 300, -20 * box / 300 + dy]])
+        img = cv2.warpAffine(face, m, (box, box), flags=cv2.INTER_LINEAR)
+        img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+        img = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_COLOR)
+        frames[i] = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     flow = torch.randn(n_frames - 1, 2, 6, 6, generator=gen) * 5
     flow = torch.nn.functional.interpolate(flow, size=(size, size), mode="bilinear", align_corners=False)
-    return frames.permute(0, 2, 3, 1).contiguous().numpy(), flow.permute(0, 2, 3, 1).half().contiguous().numpy()
+    flow = flow + torch.randn(flow.shape, generator=gen) * 0.01
+    return frames, flow.permute(0, 2, 3, 1).half().contiguous().numpy()
 
 
-def write_inputs(root: Path, n_videos: int, n_frames: int, size: int, compression: str | None) -> list[tuple]:
-    """Faces and flow files as the crop and flow stages write them; returns (video, faces, flow) paths."""
+def write_inputs(root: Path, n_videos: int, n_frames: int, size: int, faces_compression: str = "blosc-lz4",
+                 flow_compression: str = "lzf", chunk_frames: int = 8) -> list[tuple]:
+    """Faces and flow files as the crop and flow stages write them; returns (video, faces, flow) paths.
+
+    Faces: ``chunk_frames``-frame chunks, compressed with :class:`pipeline.h5chunks.ChunkCodec`
+    as the crop stage does; flow: one field per chunk, h5py's filter (the flow stage's layout).
+    """
     out = []
-    opts = {"compression": compression} if compression else {}
+    codec = ChunkCodec(faces_compression)
+    flow_opts = {} if flow_compression == "none" else ChunkCodec(flow_compression).dataset_options()
     for k in range(n_videos):
         frames, flow = synthetic_video(n_frames, size, seed=k)
         video = f"bench_{k}"
         faces_path, flow_path = root / "faces" / f"{video}.h5", root / "flow" / f"{video}.h5"
         with atomic_h5(faces_path, f"faces-{k}") as f:
-            f.create_dataset("frames", data=frames, chunks=(1, size, size, 3), **opts)
+            d = f.create_dataset("frames", shape=frames.shape, dtype=np.uint8, chunks=(chunk_frames, size, size, 3),
+                                 **codec.dataset_options())
+            for r in range(0, n_frames, chunk_frames):
+                whole = np.zeros((chunk_frames, size, size, 3), np.uint8)
+                whole[:len(frames[r:r + chunk_frames])] = frames[r:r + chunk_frames]
+                if codec.threaded:
+                    d.id.write_direct_chunk((r, 0, 0, 0), codec.compress(whole))
+                else:
+                    d[r:r + chunk_frames] = frames[r:r + chunk_frames]
         with atomic_h5(flow_path, f"flow-{k}") as f:
-            f.create_dataset("flow", data=flow, chunks=(1, size, size, 2), **opts)
+            f.create_dataset("flow", data=flow, chunks=(1, size, size, 2), **flow_opts)
         out.append((video, faces_path, flow_path))
     return out
 
@@ -185,16 +226,64 @@ def agreement(plain: FeatureExtractor, fast: FeatureExtractor, inputs: list[tupl
     return out
 
 
-def reader_rate(inputs: list[tuple], workers: int, pool: Any = None) -> dict[str, float]:
+def reader_rate(inputs: list[tuple], workers: int, pool: Any = None, threads: int = 0,
+                pin: bool = False) -> dict[str, Any]:
     """Frames/s the prefetching reader delivers alone (HDF5 read + decompression)."""
     probes = [probe_video(*item) for item in inputs]
     start = time.perf_counter()
     frames = 0
-    with PrefetchReader(probes, prefetch=4, workers=workers, pool=pool if workers else None) as reader:
+    with PrefetchReader(probes, prefetch=4, workers=workers, pool=pool if workers else None, threads=threads,
+                        pin=pin) as reader:
         for item in reader:
+            if not hasattr(item, "frames"):
+                raise RuntimeError(f"{item.video}: {item.reason}")
             frames += item.probe.n_frames
     secs = time.perf_counter() - start
-    return {"workers": workers, "frames_per_s": round(frames / secs, 1), "frames": frames}
+    return {"workers": workers, "threads": 0 if workers else read_threads(threads), "pinned": pin,
+            "frames_per_s": round(frames / secs, 1), "frames": frames}
+
+
+def plain_read_rate(inputs: list[tuple]) -> dict[str, Any]:
+    """Frames/s of the reader before the chunk pool: whole datasets through h5py, one after another."""
+    import h5py
+
+    start = time.perf_counter()
+    frames = 0
+    for _video, faces, flow in inputs:
+        with h5py.File(faces, "r") as f:
+            frames += f["frames"][()].shape[0]
+        with h5py.File(flow, "r") as f:
+            f["flow"][()]
+    secs = time.perf_counter() - start
+    return {"reader": "h5py whole datasets (before)", "frames_per_s": round(frames / secs, 1), "frames": frames}
+
+
+def reader_only(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """The reader alone: the old h5py read, then PrefetchReader with each thread count (best of ``--repeats``)."""
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    with tempfile.TemporaryDirectory(prefix="bench_reader_") as tmp:
+        t0 = time.perf_counter()
+        inputs = write_inputs(Path(tmp), args.videos, args.frames, args.size, args.faces_compression,
+                              args.flow_compression)
+        report["inputs"]["write_s"] = round(time.perf_counter() - t0, 1)
+        report["inputs"]["bytes_per_frame"] = {
+            "faces": round(sum(os.path.getsize(i[1]) for i in inputs) / (args.videos * args.frames)),
+            "flow": round(sum(os.path.getsize(i[2]) for i in inputs) / (args.videos * args.frames))}
+        plain_read_rate(inputs)  # page cache and allocator warm-up
+        runs = [max((plain_read_rate(inputs) for _ in range(args.repeats)), key=lambda r: r["frames_per_s"])]
+        for threads in args.reader_threads:
+            best = max((reader_rate(inputs, 0, threads=threads, pin=cuda) for _ in range(args.repeats)),
+                       key=lambda r: r["frames_per_s"])
+            runs.append(best)
+            log.info("reader: %s", json.dumps(best))
+        if args.read_workers:
+            pool = reader_pool(args.read_workers)
+            try:
+                reader_rate(inputs * max(1, args.read_workers // len(inputs)), args.read_workers, pool)  # spawn
+                runs.append(reader_rate(inputs * 2, args.read_workers, pool, pin=cuda))
+            finally:
+                pool.shutdown()
+        report["reader"] = runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,8 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain-batch", type=int, default=64)
     p.add_argument("--fast-batch", type=int, default=256)
     p.add_argument("--compile", action="store_true", help="torch.compile on the fast path")
-    p.add_argument("--read-workers", type=int, default=None, help="reader processes (default min(8, cores - 2))")
-    p.add_argument("--compression", default="lzf", choices=["lzf", "gzip", "none"])
+    p.add_argument("--read-workers", type=int, default=0,
+                   help="whole videos read in this many processes instead of the chunk threads (default 0: the "
+                        "stage's default; 8 processes were slower than one thread on the H200 host)")
+    p.add_argument("--faces-compression", default=CropParams().compression, choices=CODECS,
+                   help="faces files' codec (default: the crop stage's)")
+    p.add_argument("--flow-compression", default="lzf", choices=["lzf", "gzip", "blosc-lz4", "none"],
+                   help="flow files' filter (default lzf, the flow stage's)")
+    p.add_argument("--reader-only", action="store_true", help="measure only the host-side reader (no model)")
+    p.add_argument("--reader-threads", default=None,
+                   help="comma-separated chunk-thread counts for --reader-only (default 1,2,... up to the cores)")
+    p.add_argument("--repeats", type=int, default=3, help="--reader-only: best of this many passes")
     p.add_argument("--model-only-reps", type=int, default=None, help="batches for the model-only rate (0: skip)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, if not detected")
     p.add_argument("--paths", default="plain,fast")
@@ -221,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     args.frames = args.frames or (401 if args.quick else 1001)
     args.seconds = args.seconds if args.seconds is not None else (5.0 if args.quick else 15.0)
     args.model_only_reps = args.model_only_reps if args.model_only_reps is not None else (5 if args.quick else 20)
-    args.read_workers = args.read_workers if args.read_workers is not None else max(0, min(8, (os.cpu_count() or 2) - 2))
+    cores = os.cpu_count() or 2
+    if args.reader_threads is None:
+        args.reader_threads = sorted({t for t in (1, 2, 4, 8, 16, min(cores, 16)) if t <= cores})
+    else:
+        args.reader_threads = [int(t) for t in str(args.reader_threads).split(",")]
     cuda = torch.cuda.is_available() and args.device != "cpu"
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     peak = args.peak_tflops or (card_peak(name) if cuda else None)
@@ -230,18 +332,29 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "cuda": torch.version.cuda, "device": name,
                     "bf16_peak_tflops": peak},
-        "inputs": {"videos": args.videos, "frames": args.frames, "size": args.size, "compression": args.compression,
+        "inputs": {"videos": args.videos, "frames": args.frames, "size": args.size,
+                   "faces_compression": args.faces_compression, "flow_compression": args.flow_compression,
                    "gflop_per_clip_224": GFLOP_PER_CLIP},
     }
     t0 = time.perf_counter()
+    if args.reader_only:
+        reader_only(args, report)
+        report["total_s"] = round(time.perf_counter() - t0, 1)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
-        inputs = write_inputs(Path(tmp), args.videos, args.frames, args.size,
-                              None if args.compression == "none" else args.compression)
+        inputs = write_inputs(Path(tmp), args.videos, args.frames, args.size, args.faces_compression,
+                              args.flow_compression)
         report["inputs"]["write_s"] = round(time.perf_counter() - t0, 1)
         pool = reader_pool(args.read_workers) if args.read_workers else None
         try:
-            reader_rate(inputs * max(1, args.read_workers // len(inputs)), args.read_workers, pool)  # spawn workers
-            report["reader"] = [reader_rate(inputs, 0), reader_rate(inputs * 2, args.read_workers, pool)]
+            report["reader"] = [reader_rate(inputs, 0, pin=cuda)]
+            if args.read_workers:
+                reader_rate(inputs * max(1, args.read_workers // len(inputs)), args.read_workers, pool)  # spawn
+                report["reader"].append(reader_rate(inputs * 2, args.read_workers, pool, pin=cuda))
             log.info("reader: %s", json.dumps(report["reader"]))
             extractors = {}
             for path in args.paths.split(","):

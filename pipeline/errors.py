@@ -19,12 +19,22 @@ class ConfigError(M2esError):
     """A parameter or preset is missing or has an invalid value."""
 
 
-class StageFailed(M2esError):
-    """Some videos of a stage failed; ``failures`` maps video name to reason."""
+class NoFaceFound(InputError):
+    """The face detector found no face in the frames it searched (crop stage)."""
 
-    def __init__(self, stage: str, failures: dict[str, str]):
+
+class StageFailed(M2esError):
+    """Some videos of a stage failed; ``failures`` maps video name to reason.
+
+    ``kinds`` maps a failed video to the class name of its error (``"NoFaceFound"``,
+    ``"InputError"``, ...), so callers can tell failures apart without parsing messages,
+    also when the error was raised in a worker process.
+    """
+
+    def __init__(self, stage: str, failures: dict[str, str], kinds: dict[str, str] | None = None):
         self.stage = stage
         self.failures = dict(failures)
+        self.kinds = dict(kinds or {})
         lines = [f"{stage}: {len(self.failures)} video(s) failed:"]
         lines += [f"  {video}: {reason}" for video, reason in sorted(self.failures.items())]
         lines.append("  Completed videos were kept; fix the inputs above and rerun to resume.")

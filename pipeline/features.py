@@ -17,8 +17,9 @@ The published recipe, point by point (each a parameter where it can vary):
 * per clip the ``Mixed_5c`` output averaged over time and space (1024 per stream for the
   Inception I3D, 2048 for ``i3d_r50``).
 
-How it runs: one process; a reader thread (optionally feeding on a process pool) reads
-whole videos ahead of the model; each video moves to the device once (uint8 frames,
+How it runs: one process; a reader thread reads whole videos ahead of the model, their
+HDF5 chunks read and decompressed by a thread pool (``read_threads``) straight into
+page-locked memory on CUDA; each video moves to the device once (uint8 frames,
 float16 flow) and is normalised and resized there once per frame; clips are strided
 views (``unfold``) of that tensor, gathered into batches that span videos; features come
 back to the host one batch late so the device never waits on the copy. Fast-path
@@ -36,6 +37,7 @@ import concurrent.futures as cf
 import copy
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 from collections import deque
@@ -55,6 +57,7 @@ from models.weights import BACKBONES, RANDOM_INIT, STREAM_CHANNELS, Backbone, lo
 
 from .device import resolve_device
 from .errors import ConfigError, InputError, M2esError, StageFailed
+from .h5chunks import read_dataset
 from .h5io import atomic_h5, file_digest, remove_partials, remove_stale
 from .params import check_keys, digest
 from .runner import VideoTask, pending
@@ -68,6 +71,7 @@ STREAMS: tuple[str, ...] = ("rgb", "flow")
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
 SKIPPED_FILE = "skipped.csv"
 SKIPPED_COLUMNS = ["video", "n_frames", "reason"]
+_TORCH_DTYPES = {np.uint8: torch.uint8, np.float16: torch.float16}
 PREPARE_CHUNK = 256  # frames normalised/resized at a time on the device (bounds fp32 scratch memory)
 
 
@@ -95,11 +99,13 @@ class FeatureConfig:
     compile: bool = False
     batch_size: int = 64
     prefetch: int = 2
+    read_threads: int = 0
     read_workers: int = 0
 
     # Keys that change how fast, not what: left out of the per-video digest.
     # Weights enter the digest by their SHA-256, not their path.
-    OPERATIONAL = ("device", "batch_size", "prefetch", "read_workers", "compile", "weights_rgb", "weights_flow")
+    OPERATIONAL = ("device", "batch_size", "prefetch", "read_threads", "read_workers", "compile", "weights_rgb",
+                   "weights_flow")
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any], where: str = "params.yaml: features") -> "FeatureConfig":
@@ -115,7 +121,7 @@ class FeatureConfig:
             cfg = cls(**{**cfg.__dict__, "seed": int(cfg.seed), "input_size": int(cfg.input_size),
                          "clip": int(cfg.clip), "stride": int(cfg.stride), "flow_bound": float(cfg.flow_bound),
                          "batch_size": int(cfg.batch_size), "prefetch": int(cfg.prefetch),
-                         "read_workers": int(cfg.read_workers)})
+                         "read_threads": int(cfg.read_threads), "read_workers": int(cfg.read_workers)})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: bad value ({exc}).") from exc
         if cfg.backbone not in BACKBONES:
@@ -123,7 +129,7 @@ class FeatureConfig:
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"{where}.precision '{cfg.precision}' is not one of {', '.join(PRECISIONS)}.")
         for key, low in (("input_size", 32), ("clip", 1), ("stride", 1), ("batch_size", 1), ("prefetch", 1),
-                         ("read_workers", 0)):
+                         ("read_threads", 0), ("read_workers", 0)):
             if getattr(cfg, key) < low:
                 raise ConfigError(f"{where}.{key} must be at least {low}, got {getattr(cfg, key)}.")
         if cfg.flow_bound <= 0:
@@ -222,20 +228,43 @@ def probe_video(video: str, faces_path: str | Path, flow_path: str | Path) -> Vi
     return VideoProbe(video, faces_path, flow_path, t, h, w, c, faces_digest, flow_digest)
 
 
-def read_video(probe: VideoProbe) -> VideoInput:
-    """Read the frames and flow of a probed video (whole arrays)."""
+def read_threads(threads: int) -> int:
+    """Threads of the reader's chunk pool for the ``read_threads`` param (0: one per core, at most 16)."""
+    return threads if threads > 0 else min(16, os.cpu_count() or 1)
+
+
+def _read_array(dset: h5py.Dataset, dtype: type, pool: cf.Executor | None, pin: bool) -> np.ndarray | torch.Tensor:
+    """The whole dataset as ``dtype``; with ``pin`` decoded straight into page-locked memory (a tensor)."""
+    if dset.dtype != dtype:  # not the stages' dtype (e.g. float32 flow): read, then convert
+        array = read_dataset(dset, pool=pool).astype(dtype)
+        return torch.from_numpy(array).pin_memory() if pin else array
+    if not pin:
+        return read_dataset(dset, pool=pool)
+    tensor = torch.empty(dset.shape, dtype=_TORCH_DTYPES[dtype], pin_memory=True)  # cached by torch's host allocator
+    read_dataset(dset, out=tensor.numpy(), pool=pool)
+    return tensor
+
+
+def read_video(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False) -> VideoInput:
+    """Read the frames (uint8) and flow (float16) of a probed video, whole, exactly as stored.
+
+    Chunks are read and decompressed in ``pool``'s threads when given (see
+    :func:`pipeline.h5chunks.read_dataset`); with ``pin`` (CUDA only) the arrays are
+    decoded straight into page-locked tensors, ready for an asynchronous copy to the GPU.
+    No conversion happens on the host: frames go to the device as uint8, flow as float16.
+    """
     with h5py.File(probe.faces, "r") as f:
-        frames = f["frames"][()]
+        frames = _read_array(f["frames"], np.uint8, pool, pin)
     with h5py.File(probe.flow, "r") as f:
-        flow = f["flow"][()]
+        flow = _read_array(f["flow"], np.float16, pool, pin)
     if frames.shape[0] != probe.n_frames or flow.shape[0] != probe.n_frames - 1:
         raise InputError(f"{probe.faces}: video '{probe.video}' changed while being read; rerun the stage.")
-    return VideoInput(probe, frames, flow.astype(np.float16, copy=False))
+    return VideoInput(probe, frames, flow)
 
 
-def _read_or_fail(probe: VideoProbe) -> VideoInput | Failed:
+def _read_or_fail(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False) -> VideoInput | Failed:
     try:
-        return read_video(probe)
+        return read_video(probe, pool, pin)
     except M2esError as exc:
         return Failed(probe.video, str(exc))
     except (OSError, KeyError, ValueError) as exc:
@@ -248,22 +277,26 @@ def reader_pool(workers: int) -> cf.ProcessPoolExecutor:
 
 
 class PrefetchReader:
-    """Iterate over videos read ahead by a background thread (optionally via worker processes).
+    """Iterate over videos read ahead by a background thread.
 
-    At most ``prefetch`` videos wait in memory. With ``workers`` > 0 the thread hands the
-    reads to a process pool (HDF5 decompression then runs in parallel) and keeps order.
-    Read errors come out as :class:`Failed` items. With ``pin`` the arrays are moved into
-    page-locked tensors in the thread, so the host-to-device copy is asynchronous and
-    pinning costs the device loop nothing. Use as a context manager.
+    At most ``prefetch`` videos wait in memory. The thread reads one video at a time,
+    its HDF5 chunks read and decompressed by a pool of ``threads`` threads (0: one per
+    core, at most 16; Blosc, deflate and unfiltered chunks decode in parallel, other
+    filters in h5py). With ``workers`` > 0 whole videos are read in a process pool
+    instead, order kept (slower: every array is pickled back). Read errors come out as
+    :class:`Failed` items. With ``pin`` the arrays land in page-locked tensors in the
+    thread, so the host-to-device copy is asynchronous and pinning costs the device loop
+    nothing. Use as a context manager.
     """
 
     _END = object()
 
     def __init__(self, probes: Sequence[VideoProbe], prefetch: int = 2, workers: int = 0, pin: bool = False,
-                 pool: cf.ProcessPoolExecutor | None = None) -> None:
+                 pool: cf.ProcessPoolExecutor | None = None, threads: int = 0) -> None:
         self.probes = list(probes)
         self.prefetch = max(1, prefetch)
         self.workers = workers
+        self.threads = read_threads(threads)
         self.pin = pin
         self.pool = pool  # reused across readers when given (spawning workers costs seconds)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
@@ -284,7 +317,7 @@ class PrefetchReader:
         self._thread.join()
 
     def _put(self, item: Any) -> bool:
-        if self.pin and isinstance(item, VideoInput):
+        if self.pin and isinstance(item, VideoInput) and not isinstance(item.frames, torch.Tensor):
             item = VideoInput(item.probe, torch.from_numpy(np.ascontiguousarray(item.frames)).pin_memory(),
                               torch.from_numpy(np.ascontiguousarray(item.flow)).pin_memory())
         while not self._stop.is_set():
@@ -316,9 +349,10 @@ class PrefetchReader:
                                 fut.cancel()
                             return
             else:
-                for probe in self.probes:
-                    if not self._put(_read_or_fail(probe)):
-                        return
+                with cf.ThreadPoolExecutor(self.threads, thread_name_prefix="features-chunks") as chunks:
+                    for probe in self.probes:
+                        if not self._put(_read_or_fail(probe, chunks, self.pin)):
+                            return
         except BaseException as exc:  # noqa: BLE001 - surfaced to the consumer, not lost in the thread
             self._put(exc)
         finally:
@@ -674,7 +708,7 @@ def run(ctx: StageContext) -> None:
         log.info("features: %d videos, %d clips per stream on %s (%s)", len(todo), n_clips, extractor.device,
                  cfg.precision)
         with PrefetchReader([t.payload["probe"] for t in todo], cfg.prefetch, cfg.read_workers,
-                            pin=extractor.device.type == "cuda") as reader, \
+                            pin=extractor.device.type == "cuda", threads=cfg.read_threads) as reader, \
                 tqdm(total=n_clips, desc="features", unit="clip") as bar:
             for result in extractor.run(reader):
                 if isinstance(result, Failed):

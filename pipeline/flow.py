@@ -61,7 +61,7 @@ class FlowConfig:
     cuda_graphs: bool = True
     check_every: int = 10
     remap_subpixel: str | int = "auto"
-    compression: str | None = "lzf"
+    compression: str | None = None
     debug_oom_above_batch: int = 0
 
     @classmethod

@@ -5,6 +5,10 @@ it only after the file is closed, so a killed or failed write never leaves a fil
 the final name. Each file records the digest of what produced it (params and inputs)
 in the attribute ``m2es_digest``; a rerun skips a video whose file is complete and
 carries the same digest.
+
+Importing this module registers the HDF5 filters of :mod:`hdf5plugin` (Blosc, the
+default compression of the faces files, among them) with the HDF5 library, so every
+module that opens the project's files through here can decode them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import h5py
+import hdf5plugin  # noqa: F401  (registers the Blosc, LZ4, Zstd... filters with HDF5)
 import numpy as np
 
 from .errors import M2esError

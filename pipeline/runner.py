@@ -100,15 +100,15 @@ def importable(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _guarded(func: Callable[[VideoTask], Any], task: VideoTask) -> tuple[str, bool, Any]:
-    """Run ``func(task)`` and turn any exception into a one-line reason."""
+    """Run ``func(task)``; an exception becomes ``(one-line reason, error class name)``."""
     try:
         return task.video, True, func(task)
     except M2esError as exc:
-        return task.video, False, str(exc)
+        return task.video, False, (str(exc), type(exc).__name__)
     except Exception as exc:  # noqa: BLE001 - reported per video, never swallowed silently
         detail = traceback.format_exc(limit=3)
         logging.getLogger(__name__).debug("%s failed:\n%s", task.video, detail)
-        return task.video, False, f"{type(exc).__name__}: {exc}"
+        return task.video, False, (f"{type(exc).__name__}: {exc}", type(exc).__name__)
 
 
 def map_videos(
@@ -130,6 +130,7 @@ def map_videos(
         log.info("%s: %d of %d videos already complete, skipped", stage, len(done), len(tasks))
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
+    kinds: dict[str, str] = {}
     if not todo:
         return results
 
@@ -147,12 +148,12 @@ def map_videos(
             if ok:
                 results[video] = value
                 continue
-            failures[video] = value
-            log.error("%s: %s failed: %s", stage, video, value)
+            failures[video], kinds[video] = value
+            log.error("%s: %s failed: %s", stage, video, failures[video])
             if cfg.fail_fast:
                 break
     if failures:
-        raise StageFailed(stage, failures)
+        raise StageFailed(stage, failures, kinds)
     return results
 
 

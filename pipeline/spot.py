@@ -126,7 +126,6 @@ VIDEO_NAME = "video"  # the input's name inside its cache (file names never depe
 LINKED_VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov")
 CSV_COLUMNS = ["video", "type", "onset", "apex", "offset", "onset_s", "apex_s", "offset_s", "score"]
 HEAVY_STEPS = ("crop", "flow", "features")
-_NO_FACE = re.compile(r"no face found", re.IGNORECASE)
 
 #: The ``spot`` params section's defaults (used for keys params.yaml lacks).
 SPOT_DEFAULTS: dict[str, Any] = {
@@ -697,7 +696,7 @@ def _run_stage(stage: str, ctx: StageContext, inp: SpotInput) -> None:
         module.run(ctx)
     except StageFailed as exc:
         reason = "; ".join(exc.failures.values())
-        if stage == "crop" and _NO_FACE.search(reason):
+        if stage == "crop" and "NoFaceFound" in exc.kinds.values():
             raise NoFaceError(f"{inp.label}: no face found. {reason}") from None
         raise SpotError(f"{inp.label}: {stage} failed: {reason}") from None
     except M2esError as exc:

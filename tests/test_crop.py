@@ -111,7 +111,7 @@ def test_fixed_box_holds_landmarks_with_margins_and_static_frames_do_not_move(tm
     with h5py.File(tmp_path / "faces" / "v1.h5") as f:
         out = f["frames"][...]
         boxes = f["boxes"][...]
-        assert f["frames"].chunks[0] == 8 and f["frames"].compression == "lzf"
+        assert f["frames"].chunks[0] == 8 and stored_codec(f["frames"]) == ("blosc", "lz4", 9, "bitshuffle")
         assert f.attrs["video"] == "v1" and f.attrs["subject"] == "07" and f.attrs["fps"] == 30.0
         assert f.attrs["size"] == 112 and f.attrs["mode"] == "fixed" and "HOG" in f.attrs["detector"]
         assert f.attrs["landmarks"].shape == (68, 2)
@@ -157,17 +157,45 @@ def test_track_mode_follows_head_drift(tmp_path: Path, finder) -> None:
     assert landmarks_of(frames[-1], finder)[:, 0].max() > fboxes[0, 2]
 
 
+def stored_codec(dset: h5py.Dataset) -> tuple:
+    """What a Blosc dataset declares (filter, compressor, level, shuffle) and checks that its first
+    stored chunk is in that format (the chunks are compressed by the stage, not by HDF5)."""
+    code, _flags, cd, name = dset.id.get_create_plist().get_filter(0)
+    assert (code, name) == (32001, b"blosc"), (code, name)
+    compressor = {1: "lz4", 5: "zstd"}[cd[6]]
+    _mask, chunk = dset.id.read_direct_chunk((0,) * dset.ndim)
+    flags = chunk[2]  # Blosc 1 header: bit 2 bit-shuffle, bits 5-7 the compressor's format (lz4 1, zstd 4)
+    assert (flags >> 5) == {"lz4": 1, "zstd": 4}[compressor] and cd[5] == 2 and flags & 4, (flags, cd)
+    return "blosc", compressor, cd[4], "bitshuffle"
+
+
 def test_compressions_store_the_same_frames(tmp_path: Path) -> None:
     paths = write_frames(tmp_path / "raw" / "c", [render(dx=i, noise=2, seed=i) for i in range(11)])
-    out = {}
-    for comp in ("gzip", "lzf", "none"):
-        run_crop(tmp_path / comp, {"c": {"paths": paths}}, compression=comp, chunk_frames=4)
+    out, sizes = {}, {}
+    for comp in ("blosc-lz4", "blosc-zstd", "gzip", "lzf", "none"):
+        run_crop(tmp_path / comp, {"c": {"paths": paths}}, compression=comp, chunk_frames=4,
+                 compression_level=3 if comp == "blosc-zstd" else None)
         with h5py.File(tmp_path / comp / "c.h5") as f:
-            assert f["frames"].compression == (None if comp == "none" else comp)
+            if comp.startswith("blosc"):
+                assert stored_codec(f["frames"]) == ("blosc", comp[6:], 3 if comp == "blosc-zstd" else 9, "bitshuffle")
+            else:
+                assert f["frames"].compression == (None if comp == "none" else comp)
             assert f["frames"].chunks == (4, 112, 112, 3)
             out[comp] = f["frames"][...]
+            sizes[comp] = f["frames"].id.get_storage_size()
     assert out["none"].shape == (11, 112, 112, 3) and out["none"][-1].any()  # last, partial chunk written
-    assert np.array_equal(out["gzip"], out["none"]) and np.array_equal(out["lzf"], out["none"])
+    for comp in out:
+        assert np.array_equal(out[comp], out["none"]), comp
+    assert sizes["blosc-zstd"] < sizes["blosc-lz4"] < sizes["none"], sizes
+
+
+def test_compression_params_are_checked() -> None:
+    assert CropParams.from_section({"compression_level": None}).compression_level is None
+    assert CropParams.from_section({"compression": "blosc-zstd", "compression_level": 4}).compression_level == 4
+    with pytest.raises(ConfigError, match="compression = 'zip' is not one of blosc-lz4, blosc-zstd, lzf, gzip"):
+        CropParams.from_section({"compression": "zip"})
+    with pytest.raises(ConfigError, match="compression_level must be 0..9, got 12"):
+        CropParams.from_section({"compression_level": 12})
 
 
 def test_track_mode_on_a_static_head_keeps_one_box(tmp_path: Path) -> None:

@@ -312,6 +312,59 @@ def test_probe_and_reader_read_what_the_crop_and_flow_stages_wrote(tmp_path: Pat
         assert [np.array_equal(i.flow, flow) for i in reader] == [True] * 3
 
 
+def stage_files(tmp_path: Path) -> tuple[VideoProbe, np.ndarray, np.ndarray]:
+    """A faces file written by the crop stage's writer (its default Blosc codec) and a flow file in the flow
+    stage's layout and default filter (lzf, one field per chunk); returns the probe and h5py's plain reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.crop import CropParams, _FrameWriter
+
+    frames, flow = realistic_video(37, SIZE, 3, seed=7)  # 37 frames: the last 8-frame chunk is partial
+    faces_path, flow_path = tmp_path / "faces" / "v.h5", tmp_path / "flow" / "v.h5"
+    with atomic_h5(faces_path, "faces-v") as f, ThreadPoolExecutor(2) as pool:
+        writer = _FrameWriter(f, len(frames), SIZE, 3, CropParams(size=SIZE), pool)
+        for frame in frames:
+            writer.add(frame)
+        writer.close()
+    with atomic_h5(flow_path, "flow-v") as f:
+        f.create_dataset("flow", data=flow, chunks=(1, SIZE, SIZE, 2), compression="lzf")
+    with h5py.File(faces_path, "r") as f:
+        assert f["frames"].id.get_create_plist().get_filter(0)[0] == 32001  # Blosc, the crop default
+        plain_frames = f["frames"][()]
+    with h5py.File(flow_path, "r") as f:
+        plain_flow = f["flow"][()]
+    assert np.array_equal(plain_frames, frames) and np.array_equal(plain_flow, flow)
+    return probe_video("v", faces_path, flow_path), plain_frames, plain_flow
+
+
+def test_threaded_chunk_reader_returns_exactly_the_plain_h5py_read(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    probe, plain_frames, plain_flow = stage_files(tmp_path)
+    with ThreadPoolExecutor(3) as pool:
+        item = read_video(probe, pool)
+    assert item.frames.dtype == np.uint8 and item.flow.dtype == np.float16
+    assert np.array_equal(item.frames, plain_frames) and np.array_equal(item.flow, plain_flow)
+    with PrefetchReader([probe] * 3, prefetch=1, threads=2) as reader:
+        items = list(reader)
+    assert len(items) == 3
+    for it in items:
+        assert np.array_equal(it.frames, plain_frames) and np.array_equal(it.flow, plain_flow)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (page-locked memory)")
+def test_reader_decodes_straight_into_pinned_tensors_on_gpu(tmp_path: Path) -> None:
+    probe, plain_frames, plain_flow = stage_files(tmp_path)
+    with PrefetchReader([probe] * 2, prefetch=1, threads=2, pin=True) as reader:
+        items = list(reader)
+    assert len(items) == 2
+    for it in items:
+        assert it.frames.is_pinned() and it.flow.is_pinned()
+        assert it.frames.dtype == torch.uint8 and it.flow.dtype == torch.float16
+        assert np.array_equal(it.frames.numpy(), plain_frames) and np.array_equal(it.flow.numpy(), plain_flow)
+
+
 # ------------------------------------------------------------------ GPU: fast path against fp32
 
 

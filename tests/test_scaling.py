@@ -41,6 +41,7 @@ import pytest
 import torch
 import yaml
 
+import pipeline.h5io  # noqa: F401  (registers the faces files' Blosc filter with HDF5 for h5_differences)
 from pipeline.sandbox import make_project
 
 from test_pipeline_dvc import TINY_PRESET
@@ -132,7 +133,7 @@ def h5_differences(a: Path, b: Path, rtol: float = 0.0) -> list[str]:
 def assert_same_outputs(folder: Path, reference: Path, context: str, rtol: float = 0.0) -> None:
     """Same file names, and per file the same datasets, values and attributes (``m2es_digest`` included).
 
-    Whole-file bytes are not compared: h5py writes no timestamps, but its LZF filter (the stages'
+    Whole-file bytes are not compared: h5py writes no timestamps, but its LZF filter (the flow stage's
     default) does not always compress a chunk to the same bytes (seen: one chunk of a faces file
     one byte longer on a dask worker, with identical decompressed data).
     """
