@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# One lent-GPU session, run from the repository root: install carried wheels (.whl/),
-# run the GPU-marked tests and the GPU benchmarks, write everything to $OUT.
+# One lent-GPU session, run from the repository root: install carried wheels, run the
+# GPU-marked tests and the GPU benchmarks, write everything to $OUT.
 # Each step has its own time limit so one slow step cannot starve the others.
+#
+#   STEPS="flow tests features profile" bash benchmarks/gpu_session.sh        # benchmarks (carry .whl)
+#   STEPS="e2e" WHEELS=.whl2 bash benchmarks/gpu_session.sh           # end to end (carry .whl2, .m68)
+#
+# Wheels: WHEELS (folders, default .whl) hold what the machine lacks: opencv-contrib-python-headless
+# for the OpenCV TV-L1 baseline, hdf5plugin (trimmed to its Blosc filter) and blosc for the
+# crop files; dlib-bin and openpyxl for the end-to-end run. The dlib
+# 68-point landmark model (100 MB; 63 MB as xz, more than one call may carry beside the
+# OpenCV wheel) travels in two pieces, .m68a/ with the benchmark call and .m68b/ with the
+# end-to-end call on the same warm machine, and is unpacked to /tmp/m68. Packages the first
+# call installed into /tmp/site (hdf5plugin) stay there for the second.
 set -u
 OUT=${OUT:-/tmp/m2es_gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+WHEELS=${WHEELS:-.whl}
+wheels=$(ls $(for d in $WHEELS; do echo "$d/*.whl"; done) 2>/dev/null)
+if [ -n "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels
 fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-160}; T_FEAT=${T_FEAT:-120}; T_TRAIN=${T_TRAIN:-150}
+T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-150}; T_TRAIN=${T_TRAIN:-150}
+T_E2E=${T_E2E:-420}
 step() {  # step NAME SECONDS COMMAND...: run, keep the log, note the exit code
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
@@ -20,25 +34,32 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the log, note the exit code
   echo "$name rc=$rc $(( $(date +%s) - t0 ))s" | tee -a "$OUT/steps.txt"
 }
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
-  python3 -c "import torch, cv2, sys; print(sys.version.split()[0], torch.__version__, cv2.__version__, hasattr(cv2, 'optflow'), torch.cuda.get_device_name())"
+  python3 -c "import torch, cv2, sys, triton; print(sys.version.split()[0], torch.__version__, triton.__version__, cv2.__version__, hasattr(cv2, 'optflow'), torch.cuda.get_device_name())"
   nproc; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-# STEPS picks what runs; COMPILE=0 measures the eager solver and the uncompiled fast path
-# (torch.compile of every pyramid size and batch shape takes minutes of a short lease).
-STEPS=${STEPS:-"flow features train tests"}
-COMPILE=${COMPILE:-1}
-nocompile=(); fcompile=(--compile)
-[ "$COMPILE" = 0 ] && nocompile=(--no-compile) && fcompile=()
+STEPS=${STEPS:-"flow tests features profile"}
 for s in $STEPS; do
   case $s in
-    flow) step flow_bench "$T_FLOW" python3 -m benchmarks.bench_flow --quick "${nocompile[@]}" --out "$OUT/bench_flow.json" ;;
-    features) step features_bench "$T_FEAT" python3 benchmarks/bench_features.py --quick "${fcompile[@]}" \
+    # TV-L1: OpenCV 1 process / all cores, then the Triton kernel (shape sweep, batch 4096)
+    flow) step flow_bench "$T_FLOW" python3 -m benchmarks.bench_flow --quick --sweep --skip-eager --batch 4096 \
+            --out "$OUT/bench_flow.json" ;;
+    features) step features_bench "$T_FEAT" python3 benchmarks/bench_features.py --quick \
                 --out "$OUT/bench_features.json" ;;
+    features_compile) step features_compile "$T_FEAT" python3 benchmarks/bench_features.py --quick --compile \
+                --paths fast --out "$OUT/bench_features_compile.json" ;;
+    profile) step profile_i3d 90 python3 benchmarks/profile_i3d.py --out "$OUT/profile_i3d.json" ;;
     # a full LOSO is 22 folds; 8 folds give the per-fold rate (the JSON has loso_s_per_fold_mean)
     train) step train_bench "$T_TRAIN" python3 benchmarks/bench_train.py --precision bf16 --folds 8 --no-final \
              --out "$OUT/bench_train.json" ;;
-    tests) step gpu_tests "$T_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests/test_tvl1_torch.py \
-             tests/test_features.py tests/test_iaenet.py} ;;
+    tests) step gpu_tests "$T_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests/test_tvl1_triton.py \
+             tests/test_features.py} ;;
+    # every stage at a fraction of CAS(ME)^2 (16 videos x 40 s = 19.2k frames at 640x480), extrapolated
+    e2e) mkdir -p /tmp/m68 && cat .m68a/* .m68b/* | python3 -c "import lzma, sys, shutil; \
+shutil.copyfileobj(lzma.open(sys.stdin.buffer), open('/tmp/m68/shape_predictor_68_face_landmarks.dat', 'wb'))" \
+           || { echo "e2e: the landmark model pieces are missing (.m68a from the previous call?)" | tee -a "$OUT/steps.txt"; continue; }
+         step e2e "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
+           --duration-s 40 --recipe full --no-dvc --param crop.models_dir=/tmp/m68 --stage-timeout 300 \
+           --out "$OUT/e2e_gpu.json" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40

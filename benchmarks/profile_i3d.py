@@ -1,0 +1,83 @@
+"""Where the I3D fast path spends its GPU time: model-only clips/s by batch and the top kernels.
+
+Builds the fast inference model of ``features`` (random-init Inception I3D, BatchNorm
+folded and 1x1 branches merged, bf16 autocast, channels_last_3d), measures clips/s on a
+resident batch for a few batch sizes, then profiles a few batches with
+``torch.profiler`` and lists the kernels that take the most CUDA time, grouped by
+operator. JSON to stdout and ``--out``. GPU only; no figure here is asserted by a test.
+
+    python benchmarks/profile_i3d.py --out "$OUT/profile_i3d.json"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from models.i3d import build_i3d, init_random  # noqa: E402
+
+
+def fast_model(channels: int) -> torch.nn.Module:
+    """The features stage's fast path model for one stream, on the GPU."""
+    model = init_random(build_i3d(channels), seed=0).cuda().eval()
+    model = model.fused_for_inference()
+    return model.to(memory_format=torch.channels_last_3d)
+
+
+def rate(model: torch.nn.Module, x: torch.Tensor, reps: int) -> float:
+    """Clips/s of ``model.features`` on the resident batch ``x``."""
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        model.features(x)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            model.features(x)
+        torch.cuda.synchronize()
+    return x.shape[0] * reps / (time.perf_counter() - t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, profile, print JSON."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--batches", default="128,256,512")
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args(argv)
+    torch.backends.cudnn.benchmark = True
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                              "cudnn": torch.backends.cudnn.version(), "model_only_clips_per_s": {}}
+    model = fast_model(3)
+    for b in (int(v) for v in args.batches.split(",")):
+        x = torch.randn(b, 3, 8, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+        report["model_only_clips_per_s"][b] = round(rate(model, x, max(2, 2048 // b)), 1)
+        del x
+    x = torch.randn(256, 3, 8, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        rate(model, x, 3)
+    rows = []
+    for ev in prof.key_averages():
+        cuda_us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if cuda_us:
+            rows.append({"name": ev.key[:120], "cuda_ms": round(cuda_us / 1e3, 2), "calls": ev.count})
+    rows.sort(key=lambda r: -r["cuda_ms"])
+    report["top_ops"] = rows[:args.top]
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
