@@ -1,10 +1,12 @@
-"""Where the I3D fast path spends its GPU time: model-only clips/s by batch and the top kernels.
+"""Where the I3D fast path spends its GPU time: model-only clips/s per rewrite and the top kernels.
 
-Builds the fast inference model of ``features`` (random-init Inception I3D, BatchNorm
-folded and 1x1 branches merged, bf16 autocast, channels_last_3d), measures clips/s on a
-resident batch for a few batch sizes, then profiles a few batches with
-``torch.profiler`` and lists the kernels that take the most CUDA time, grouped by
-operator. JSON to stdout and ``--out``. GPU only; no figure here is asserted by a test.
+Builds the fast inference model of ``features`` (random-init Inception I3D, bf16
+autocast, channels_last_3d) in steps -- BatchNorm folded and 1x1 branches merged only;
+plus separable max pooling; plus the first convolution's input padded to 8 channels --
+and measures clips/s on a resident batch for each (RGB and flow), then profiles a few
+batches of the full rewrite with ``torch.profiler`` and lists the operators that take
+the most CUDA time. JSON to stdout and ``--out``. GPU only; no figure here is asserted
+by a test.
 
     python benchmarks/profile_i3d.py --out "$OUT/profile_i3d.json"
 """
@@ -24,13 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from models.i3d import build_i3d, init_random  # noqa: E402
+from models.i3d import MaxPool3dSamePadding, build_i3d, init_random  # noqa: E402
 
 
-def fast_model(channels: int) -> torch.nn.Module:
-    """The features stage's fast path model for one stream, on the GPU."""
+def fast_model(channels: int, separable: bool = True, pad_channels: int = 8) -> torch.nn.Module:
+    """The features stage's fast path model for one stream, on the GPU (rewrites selectable)."""
     model = init_random(build_i3d(channels), seed=0).cuda().eval()
-    model = model.fused_for_inference()
+    model = model.fused_for_inference(pad_channels=pad_channels)
+    for m in model.modules():
+        if isinstance(m, MaxPool3dSamePadding):
+            m.separable = separable
     return model.to(memory_format=torch.channels_last_3d)
 
 
@@ -56,10 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                               "cudnn": torch.backends.cudnn.version(), "model_only_clips_per_s": {}}
+    variants = {"fold+merge": dict(separable=False, pad_channels=0),
+                "+separable_pool": dict(separable=True, pad_channels=0),
+                "+separable_pool+pad8": dict(separable=True, pad_channels=8)}
+    for name, kw in variants.items():
+        for channels, stream in ((3, "rgb"), (2, "flow")):
+            m = fast_model(channels, **kw)
+            x = torch.randn(256, channels, 8, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+            report["model_only_clips_per_s"][f"{name} {stream} b256"] = round(rate(m, x, 8), 1)
+            print(name, stream, report["model_only_clips_per_s"][f"{name} {stream} b256"], flush=True)
+            del m, x
     model = fast_model(3)
     for b in (int(v) for v in args.batches.split(",")):
         x = torch.randn(b, 3, 8, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last_3d)
-        report["model_only_clips_per_s"][b] = round(rate(model, x, max(2, 2048 // b)), 1)
+        report["model_only_clips_per_s"][f"full rgb b{b}"] = round(rate(model, x, max(2, 2048 // b)), 1)
         del x
     x = torch.randn(256, 3, 8, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last_3d)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]

@@ -97,15 +97,47 @@ def _flat_pad(pads: list[tuple[int, int]]) -> tuple[int, ...]:
 
 
 class MaxPool3dSamePadding(nn.MaxPool3d):
-    """Max pooling with the port's TF "SAME" padding (zero fill; inputs are post-ReLU)."""
+    """Max pooling with the port's TF "SAME" padding (zero fill; inputs are post-ReLU).
+
+    ``separable`` (set by :meth:`InceptionI3d.fused_for_inference`) computes the same
+    maxima as a 2-D pooling over (H, W) on the ``[B*T, C, H, W]`` view followed by a max
+    over shifted time slices (:func:`separable_max_pool3d`): exact, and on a GPU with
+    channels_last_3d it runs the NHWC 2-D kernel instead of the slow 3-D one.
+    """
+
+    separable: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see class docstring
         kernel = tuple(self.kernel_size) if not isinstance(self.kernel_size, int) else (self.kernel_size,) * 3
         stride = tuple(self.stride) if not isinstance(self.stride, int) else (self.stride,) * 3
         pads = _pads(x, kernel, stride)
+        pool = separable_max_pool3d if self.separable else F.max_pool3d
         if all(f == b for f, b in pads) and all(f <= k // 2 for (f, _), k in zip(pads, kernel)):
-            return F.max_pool3d(x, kernel, stride, padding=tuple(f for f, _ in pads))
-        return F.max_pool3d(F.pad(x, _flat_pad(pads)), kernel, stride)
+            return pool(x, kernel, stride, tuple(f for f, _ in pads))
+        return pool(F.pad(x, _flat_pad(pads)), kernel, stride, (0, 0, 0))
+
+
+def separable_max_pool3d(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int],
+                         padding: Sequence[int]) -> torch.Tensor:
+    """``F.max_pool3d(x, kernel, stride, padding)`` as a 2-D pooling per frame, then over time.
+
+    A box maximum is separable, so the result is identical. The (H, W) pooling runs on
+    ``x`` viewed as ``[B*T, C, H, W]`` (a view when ``x`` is channels_last_3d); time is
+    pooled by the maximum of ``kernel[0]`` strided slices of the -inf-padded result.
+    """
+    (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = kernel, stride, padding
+    b, c, t, h, w = x.shape
+    y = F.max_pool2d(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), (kh, kw), (sh, sw), (ph, pw))
+    y = y.reshape(b, t, c, *y.shape[-2:]).permute(0, 2, 1, 3, 4)
+    if kt == 1 and st == 1 and pt == 0:
+        return y
+    if pt:
+        y = F.pad(y, (0, 0, 0, 0, pt, pt), value=float("-inf"))
+    n = (y.shape[2] - kt) // st + 1
+    out = y[:, :, 0:(n - 1) * st + 1:st]
+    for j in range(1, kt):
+        out = torch.maximum(out, y[:, :, j:j + (n - 1) * st + 1:st])
+    return out
 
 
 class Unit3D(nn.Module):
@@ -137,10 +169,11 @@ class Unit3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """SAME-pad, convolve, normalise, ReLU."""
         pads = _pads(x, self.kernel_shape, self.stride)
-        if all(f == b for f, b in pads):
+        extra = self.conv3d.in_channels - x.shape[1]   # > 0 after pad_input_channels (zero channels)
+        if all(f == b for f, b in pads) and not extra:
             padding = tuple(f for f, _ in pads)
         else:
-            x = F.pad(x, _flat_pad(pads))
+            x = F.pad(x, (*_flat_pad(pads), 0, extra))
             padding = (0, 0, 0)
         x = F.conv3d(x, self.conv3d.weight, self.conv3d.bias, self.stride, padding)
         if self.bn is not None:
@@ -162,6 +195,26 @@ class Unit3D(nn.Module):
         new.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
         self.conv3d = new
         self.bn = None
+
+    @torch.no_grad()
+    def pad_input_channels(self, multiple: int) -> None:
+        """Widen the convolution to a multiple of ``multiple`` input channels with zero weights.
+
+        The input gets the same number of zero channels in :meth:`forward` (in the same
+        copy as the SAME padding), so the result is unchanged; a 3- or 2-channel first
+        convolution otherwise falls on a slow unaligned GPU kernel.
+        """
+        conv = self.conv3d
+        extra = -conv.in_channels % multiple
+        if not extra:
+            return
+        new = nn.Conv3d(conv.in_channels + extra, conv.out_channels, conv.kernel_size, conv.stride,
+                        bias=conv.bias is not None).to(device=conv.weight.device, dtype=conv.weight.dtype)
+        new.weight.zero_()
+        new.weight[:, :conv.in_channels].copy_(conv.weight)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+        self.conv3d = new
 
 
 class InceptionModule(nn.Module):
@@ -263,19 +316,27 @@ class InceptionI3d(nn.Module):
         x = self.logits(self.dropout(x))
         return x.squeeze(4).squeeze(3)
 
-    def fused_for_inference(self) -> "InceptionI3d":
-        """A copy in eval mode with BatchNorm folded and pointwise branches merged.
+    def fused_for_inference(self, pad_channels: int = 8) -> "InceptionI3d":
+        """A copy in eval mode rewritten for speed, computing the same function.
 
-        Same function as the eval-mode model (up to float rounding); fewer, wider kernels.
-        Its state_dict no longer has the port's layout: use it for inference only.
+        BatchNorm folded into the convolutions, the three 1x1x1 units that read an
+        Inception block's input merged into one, max pooling done separably (2-D pooling
+        per frame, then over time: :func:`separable_max_pool3d`), and the first
+        convolution's input channels zero-padded to a multiple of ``pad_channels`` (0:
+        off). Equal to the eval-mode model up to float rounding. Its state_dict no longer
+        has the port's layout: use it for inference only.
         """
         model = copy.deepcopy(self).eval()
         for module in list(model.modules()):
             if isinstance(module, Unit3D):
                 module.fold_batch_norm()
+            elif isinstance(module, MaxPool3dSamePadding):
+                module.separable = True
         for module in list(model.modules()):
             if isinstance(module, InceptionModule):
                 module.merge_pointwise()
+        if pad_channels:
+            model._modules["Conv3d_1a_7x7"].pad_input_channels(pad_channels)
         return model
 
 

@@ -112,7 +112,11 @@ def test_unit3d_padding_matches_the_ports_f_pad(shape: tuple[int, ...], kernel: 
 def test_maxpool_same_padding_matches_the_port_on_relu_inputs(shape: tuple, kernel: tuple, stride: tuple) -> None:
     pool = MaxPool3dSamePadding(kernel_size=kernel, stride=stride)
     x = torch.relu(torch.randn(2, 4, *shape, generator=torch.Generator().manual_seed(3)))
-    assert torch.equal(pool(x), _port_pool(pool, x))
+    ref = _port_pool(pool, x)
+    assert torch.equal(pool(x), ref)
+    pool.separable = True   # the fused model's 2-D-per-frame then time pooling: the same maxima
+    assert torch.equal(pool(x), ref)
+    assert torch.equal(pool(x.contiguous(memory_format=torch.channels_last_3d)), ref)
 
 
 def test_mixed_5c_of_an_8_frame_clip_has_one_time_step_and_features_are_its_mean() -> None:
@@ -173,10 +177,17 @@ def test_fused_model_computes_the_same_features() -> None:
                 m.bias.uniform_(-0.1, 0.1)
     fused = model.fused_for_inference()
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
+    assert all(m.separable for m in fused.modules() if isinstance(m, MaxPool3dSamePadding))
+    first = fused._modules["Conv3d_1a_7x7"].conv3d
+    assert first.in_channels == 8 and torch.count_nonzero(first.weight[:, 3:]) == 0
     x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ref, got = model.features(x), fused.features(x)
+        unpadded = model.fused_for_inference(pad_channels=0)
+        assert unpadded._modules["Conv3d_1a_7x7"].conv3d.in_channels == 3
+        got0 = unpadded.features(x)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    torch.testing.assert_close(got0, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 # ------------------------------------------------------------------ weights
