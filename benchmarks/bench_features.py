@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, VideoFeatures,  # noqa: E402
                                clip_count, probe_video, read_threads, reader_pool)
 from pipeline.crop import CropParams  # noqa: E402
+from pipeline.flow import FlowConfig  # noqa: E402
 from pipeline.h5chunks import CODECS, ChunkCodec  # noqa: E402
 from pipeline.h5io import atomic_h5  # noqa: E402
 
@@ -100,7 +101,7 @@ def synthetic_video(n_frames: int, size: int, seed: int) -> tuple[np.ndarray, np
 
 
 def write_inputs(root: Path, n_videos: int, n_frames: int, size: int, faces_compression: str = "blosc-lz4",
-                 flow_compression: str = "lzf", chunk_frames: int = 8) -> list[tuple]:
+                 flow_compression: str = "none", chunk_frames: int = 8) -> list[tuple]:
     """Faces and flow files as the crop and flow stages write them; returns (video, faces, flow) paths.
 
     Faces: ``chunk_frames``-frame chunks, compressed with :class:`pipeline.h5chunks.ChunkCodec`
@@ -304,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                         "stage's default; 8 processes were slower than one thread on the H200 host)")
     p.add_argument("--faces-compression", default=CropParams().compression, choices=CODECS,
                    help="faces files' codec (default: the crop stage's)")
-    p.add_argument("--flow-compression", default="lzf", choices=["lzf", "gzip", "blosc-lz4", "none"],
-                   help="flow files' filter (default lzf, the flow stage's)")
+    p.add_argument("--flow-compression", default=FlowConfig().compression or "none",
+                   choices=["lzf", "gzip", "blosc-lz4", "none"], help="flow files' filter (default: the flow stage's)")
     p.add_argument("--reader-only", action="store_true", help="measure only the host-side reader (no model)")
     p.add_argument("--reader-threads", default=None,
                    help="comma-separated chunk-thread counts for --reader-only (default 1,2,... up to the cores)")

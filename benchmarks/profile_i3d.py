@@ -2,8 +2,7 @@
 
 Builds the fast inference model of ``features`` (random-init Inception I3D, bf16
 autocast, channels_last_3d) in steps -- BatchNorm folded and 1x1 branches merged only;
-plus separable max pooling; plus the first convolution's input padded to 8 channels --
-and measures clips/s on a resident batch for each (RGB and flow), then profiles a few
+plus separable max pooling -- and measures clips/s on a resident batch for each (RGB and flow), then profiles a few
 batches of the full rewrite with ``torch.profiler`` and lists the operators that take
 the most CUDA time. JSON to stdout and ``--out``. GPU only; no figure here is asserted
 by a test.
@@ -29,10 +28,10 @@ if str(REPO) not in sys.path:
 from models.i3d import MaxPool3dSamePadding, build_i3d, init_random  # noqa: E402
 
 
-def fast_model(channels: int, separable: bool = True, pad_channels: int = 8) -> torch.nn.Module:
-    """The features stage's fast path model for one stream, on the GPU (rewrites selectable)."""
+def fast_model(channels: int, separable: bool = True) -> torch.nn.Module:
+    """The features stage's fast path model for one stream, on the GPU (pooling selectable)."""
     model = init_random(build_i3d(channels), seed=0).cuda().eval()
-    model = model.fused_for_inference(pad_channels=pad_channels)
+    model = model.fused_for_inference()
     for m in model.modules():
         if isinstance(m, MaxPool3dSamePadding):
             m.separable = separable
@@ -61,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                               "cudnn": torch.backends.cudnn.version(), "model_only_clips_per_s": {}}
-    variants = {"fold+merge": dict(separable=False, pad_channels=0),
-                "+separable_pool": dict(separable=True, pad_channels=0),
-                "+separable_pool+pad8": dict(separable=True, pad_channels=8)}
+    variants = {"fold+merge": dict(separable=False), "+separable_pool": dict(separable=True)}
     for name, kw in variants.items():
         for channels, stream in ((3, "rgb"), (2, "flow")):
             m = fast_model(channels, **kw)

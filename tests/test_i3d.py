@@ -178,16 +178,11 @@ def test_fused_model_computes_the_same_features() -> None:
     fused = model.fused_for_inference()
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
     assert all(m.separable for m in fused.modules() if isinstance(m, MaxPool3dSamePadding))
-    first = fused._modules["Conv3d_1a_7x7"].conv3d
-    assert first.in_channels == 8 and torch.count_nonzero(first.weight[:, 3:]) == 0
     x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ref, got = model.features(x), fused.features(x)
-        unpadded = model.fused_for_inference(pad_channels=0)
-        assert unpadded._modules["Conv3d_1a_7x7"].conv3d.in_channels == 3
-        got0 = unpadded.features(x)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
-    torch.testing.assert_close(got0, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
 
 
 # ------------------------------------------------------------------ weights
