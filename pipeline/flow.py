@@ -21,7 +21,8 @@ Colour frames are taken to be stored in RGB order (``flow.channel_order``; set i
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError, M2esError, StageFailed
+from .h5chunks import read_dataset
 from .h5io import COMPLETE_ATTR, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
 from .params import digest
 from .runner import VideoTask, map_videos, pending
@@ -129,15 +131,19 @@ def algorithm_identity(tvl1: TVL1Params, cfg: FlowConfig, impl: str) -> dict[str
 
 
 # --------------------------------------------------------------------------- I/O
-def read_faces(path: Path, video: str) -> np.ndarray:
-    """The ``frames`` of a faces file, checked: uint8 [T, H, W, C] with C 1 or 3."""
+def read_faces(path: Path, video: str, pool: Executor | None = None) -> np.ndarray:
+    """The ``frames`` of a faces file, checked: uint8 [T, H, W, C] with C 1 or 3.
+
+    With ``pool`` the compressed chunks are decoded in its threads
+    (:func:`pipeline.h5chunks.read_dataset`; the same array as an h5py read).
+    """
     try:
         with h5py.File(path, "r") as f:
             if not bool(f.attrs.get(COMPLETE_ATTR, False)):
                 raise InputError(f"{path} (video {video}): faces file is incomplete. Rerun the crop stage.")
             if "frames" not in f:
                 raise InputError(f"{path} (video {video}): no 'frames' dataset. Rerun the crop stage.")
-            frames = f["frames"][()]
+            frames = read_dataset(f["frames"], pool=pool) if pool is not None else f["frames"][()]
     except OSError as exc:
         raise InputError(f"{path} (video {video}): cannot read the faces file ({exc}). Rerun the crop stage.") from exc
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
@@ -277,9 +283,16 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
     shapes.sort(key=lambda st: (st[0][1:3], st[1].video))
     total = sum(max(s[0] - 1, 0) for s, _ in shapes)
 
+    decode_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="flow-read")
+    write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow-write")
+
     def load(task: VideoTask) -> np.ndarray:
-        frames = read_faces(Path(task.payload["faces"]), task.video)
+        frames = read_faces(Path(task.payload["faces"]), task.video, decode_pool)
         return to_gray(frames, cfg.channel_order, f"{task.payload['faces']} (video {task.video})")
+
+    # results leave the GPU by a non-blocking copy and are written by one background thread,
+    # so the next batch is solved while the last one is stored (at most two batches in flight)
+    writes: list[Future] = []
 
     # the pairs waiting for a batch: (writer, first pair index, i0 frames, i1 frames)
     queue: list[tuple[FlowWriter, int, np.ndarray, np.ndarray]] = []
@@ -311,7 +324,15 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
         owners = [(w, t0, len(a)) for w, t0, a, _ in take]
 
         def on_batch(start: int, flow: torch.Tensor) -> None:
-            f16 = flow.to(torch.float16).cpu().numpy()
+            host, ready = _to_host_float16(flow)
+            while len(writes) >= 2:
+                writes.pop(0).result()
+            writes.append(write_pool.submit(store, start, host, ready))
+
+        def store(start: int, host: torch.Tensor, ready: Any) -> None:
+            if ready is not None:
+                ready.synchronize()
+            f16 = host.numpy()
             pos = 0
             for w, t0, k in owners:
                 lo, hi = max(pos, start), min(pos + k, start + len(f16))
@@ -327,7 +348,8 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
         solver.flow_batched(i0, i1, on_batch=on_batch)
 
     batch = int(cfg.batch_pairs)
-    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(total=total, desc=STAGE, unit="pair") as bar:
+    with decode_pool, write_pool, ThreadPoolExecutor(max_workers=1) as pool, \
+            tqdm(total=total, desc=STAGE, unit="pair") as bar:
         futures: list[Future | None] = []
         ordered = [t for _, t in shapes]
         if ordered:
@@ -360,11 +382,33 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
                 break
         if not (fail_fast and failures):
             flush(queued, bar)
+        for fut in writes:
+            fut.result()
     for w, *_ in queue:  # only left when fail_fast stopped early
         w.abort(RuntimeError("stopped (fail_fast)"))
     if failures:
         raise StageFailed(STAGE, failures)
     return done
+
+
+def _to_host_float16(flow: Any) -> tuple[Any, Any]:
+    """``flow`` as float16 in host memory: ``(tensor, event)``; wait on the event before reading it.
+
+    On CUDA the copy is queued behind the solve (page-locked buffer, non-blocking) and the
+    event marks its end, so a writer thread can wait for it without stalling the stream
+    on which the next batch is already being solved. On the CPU the copy is done at once
+    (``event`` None).
+    """
+    import torch
+
+    half = flow.to(torch.float16)
+    if half.device.type != "cuda":
+        return half.contiguous(), None
+    host = torch.empty(half.shape, dtype=torch.float16, pin_memory=True)
+    host.copy_(half, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
 
 
 # ------------------------------------------------------------------------ stage
