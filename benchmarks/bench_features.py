@@ -50,6 +50,7 @@ from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, 
                                clip_count, probe_video, read_threads, reader_pool)
 from pipeline.crop import CropParams  # noqa: E402
 from pipeline.flow import FlowConfig  # noqa: E402
+from benchmarks.jsonout import emit  # noqa: E402
 from pipeline.h5chunks import CODECS, ChunkCodec  # noqa: E402
 from pipeline.h5io import atomic_h5  # noqa: E402
 
@@ -341,10 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reader_only:
         reader_only(args, report)
         report["total_s"] = round(time.perf_counter() - t0, 1)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.out:
-            args.out.write_text(text + "\n")
+        emit(report, args.out)
         return 0
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
         inputs = write_inputs(Path(tmp), args.videos, args.frames, args.size, args.faces_compression,
@@ -368,10 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             if pool is not None:
                 pool.shutdown()
     report["total_s"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

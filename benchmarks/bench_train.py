@@ -12,7 +12,6 @@ writes it to ``--out`` when given. Needs torch, numpy, pandas, h5py (not dvclive
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import sys
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.jsonout import emit  # noqa: E402
 from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset  # noqa: E402
 from models.losses import iaenet_loss  # noqa: E402
 from pipeline.device import resolve_device  # noqa: E402
@@ -162,11 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_fold_s": per_fold, "train_step_ms": round(st * 1000, 2),
         "target_s": 180, "quick": bool(args.quick),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return result
 
 

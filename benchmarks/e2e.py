@@ -19,11 +19,11 @@ written to ``--out`` after every stage, so a run cut short keeps what it measure
   the stage's own processes where NVML lists them;
 * the extrapolated time for CAS(ME)^2 and SAMM-LV scale, with the rule used.
 
-Run on a lent GPU machine (one command; 8 videos x 60 s at 640x480, 14.4k frames, the published
-recipe; flow eager because compiling every pyramid size takes minutes of a short lease):
+Run on a lent GPU machine (one command; 16 videos x 40 s at 640x480, 19.2k frames, the
+published recipe; measured in ``benchmarks/RESULTS.md``):
 
-    python benchmarks/e2e.py --layout casme2 --subjects 4 --videos-per-subject 2 --duration-s 60 \\
-        --recipe full --param flow.compile=false --stage-timeout 300 --out "$OUT/e2e_gpu.json"
+    python benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 --duration-s 40 \\
+        --recipe full --stage-timeout 300 --out "$OUT/e2e_gpu.json"
 
 CPU proof of function (a minute or two on 2 cores):
 

@@ -13,7 +13,6 @@ by a test.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.jsonout import emit  # noqa: E402
 from models.i3d import MaxPool3dSamePadding, build_i3d, init_random  # noqa: E402
 
 
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"name": ev.key[:120], "cuda_ms": round(cuda_us / 1e3, 2), "calls": ev.count})
     rows.sort(key=lambda r: -r["cuda_ms"])
     report["top_ops"] = rows[:args.top]
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -55,10 +55,10 @@ class FlowConfig:
     impl: str = "auto"
     channel_order: str = "rgb"
     device: str = "auto"
-    batch_pairs: int = 1024
+    batch_pairs: int = 4096
     kernels: str = "auto"
     triton_block: int = 256
-    triton_warps: int = 8
+    triton_warps: int = 4
     compile: bool = True
     cuda_graphs: bool = True
     check_every: int = 10

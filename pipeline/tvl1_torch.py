@@ -98,7 +98,7 @@ class TorchTVL1:
     def __init__(self, params: TVL1Params, device: torch.device | str = "cpu", *, compile: bool = False,
                  cuda_graphs: bool = False, check_every: int = 10, remap_subpixel: int = 0,
                  max_batch: int = 1024, oom_above: int = 0, kernels: str = "torch",
-                 triton_block: int = 256, triton_warps: int = 8) -> None:
+                 triton_block: int = 256, triton_warps: int = 4) -> None:
         self.params = params
         self.device = torch.device(device)
         if kernels not in ("torch", "triton"):

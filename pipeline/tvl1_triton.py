@@ -109,6 +109,13 @@ if HAVE_TRITON:
         return a, b, c
 
     @triton.jit
+    def _tile(start, lane, HW, W):
+        """Flat offsets, in-image mask and (y, x) of the tile of pixels starting at ``start``."""
+        offs = start + lane
+        y = offs // W
+        return offs, offs < HW, y, offs - y * W
+
+    @triton.jit
     def _level_kernel(i0_ptr, i1_ptr, i1x_ptr, i1y_ptr,
                       u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr,
                       wx_ptr, wy_ptr, g_ptr, rc_ptr, m1_ptr, m2_ptr, count_ptr,
@@ -139,10 +146,7 @@ if HAVE_TRITON:
         for _w in range(warps):
             # ---- buildFlowMap + remap(INTER_CUBIC) of I1, I1x, I1y + calcGradRho
             for start in range(0, HW, BLOCK):
-                offs = start + lane
-                m = offs < HW
-                y = offs // W
-                x = offs - y * W
+                offs, m, y, x = _tile(start, lane, HW, W)
                 u1 = tl.load(u1_ptr + offs, mask=m, other=0.0)
                 u2 = tl.load(u2_ptr + offs, mask=m, other=0.0)
                 mx = x.to(tl.float32) + u1
@@ -182,10 +186,7 @@ if HAVE_TRITON:
                 if MEDIAN > 1:
                     # ---- medianBlur(u1), medianBlur(u2): into scratch, then back
                     for start in range(0, HW, BLOCK):
-                        offs = start + lane
-                        m = offs < HW
-                        y = offs // W
-                        x = offs - y * W
+                        offs, m, y, x = _tile(start, lane, HW, W)
                         if MEDIAN == 5:
                             tl.store(m1_ptr + offs, _median5(u1_ptr, y, x, H, W, m), mask=m)
                             tl.store(m2_ptr + offs, _median5(u2_ptr, y, x, H, W, m), mask=m)
@@ -204,10 +205,7 @@ if HAVE_TRITON:
                     # ---- estimateV, divergence(p), estimateU (+ error)
                     acc = tl.zeros([BLOCK], dtype=tl.float32)
                     for start in range(0, HW, BLOCK):
-                        offs = start + lane
-                        m = offs < HW
-                        y = offs // W
-                        x = offs - y * W
+                        offs, m, y, x = _tile(start, lane, HW, W)
                         u1 = tl.load(u1_ptr + offs, mask=m, other=0.0)
                         u2 = tl.load(u2_ptr + offs, mask=m, other=0.0)
                         i1wx = tl.load(wx_ptr + offs, mask=m, other=0.0)
@@ -242,10 +240,7 @@ if HAVE_TRITON:
                     tl.debug_barrier()
                     # ---- forwardGradient(u), estimateDualVariables
                     for start in range(0, HW, BLOCK):
-                        offs = start + lane
-                        m = offs < HW
-                        y = offs // W
-                        x = offs - y * W
+                        offs, m, y, x = _tile(start, lane, HW, W)
                         right = m & (x < W - 1)
                         down = m & (y < H - 1)
                         u1 = tl.load(u1_ptr + offs, mask=m, other=0.0)
@@ -273,7 +268,7 @@ if HAVE_TRITON:
 
 def solve_level(i0: torch.Tensor, i1: torch.Tensor, i1x: torch.Tensor, i1y: torch.Tensor,
                 u: list[torch.Tensor], p: list[torch.Tensor], count: torch.Tensor, params: TVL1Params,
-                subpixel: int, block: int = 1024, num_warps: int = 8) -> None:
+                subpixel: int, block: int = 256, num_warps: int = 4) -> None:
     """Run every warp of one pyramid level for a batch ``[B, H, W]``; ``u``, ``p`` and ``count`` in place.
 
     ``u`` = (u1, u2) and ``p`` = (p11, p12, p21, p22), float32 contiguous on the device;
