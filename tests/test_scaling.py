@@ -382,14 +382,19 @@ def test_dask_worker_killed_mid_video(project: Path, cluster) -> None:
         while victim is None:
             busy = _open_partial(pids) if h5_files(out) else None
             if busy is not None and len(h5_files(out)) < N_VIDEOS - 1:
-                victim = busy
-                break
+                # freeze the worker, then make sure it is still mid-video (it may have finished
+                # the file between the look and the stop); only then kill it
+                os.kill(busy[1], signal.SIGSTOP)
+                if _open_partial({busy[0]: busy[1]}) == busy and not (out / f"{busy[2]}.h5").exists():
+                    victim = busy
+                    break
+                os.kill(busy[1], signal.SIGCONT)
             assert proc.poll() is None, f"crop ended before a worker could be killed mid-video: {_log(root, 'crop')}"
             assert time.monotonic() < end, "no worker was seen mid-video"
             time.sleep(0.002)
         worker, pid, video = victim
-        os.kill(pid, signal.SIGKILL)
         finished = snapshot(out)
+        os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=240)
         err = _log(root, "crop")
     finally:
