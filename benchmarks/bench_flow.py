@@ -14,6 +14,10 @@ and, for default OpenCV parameters:
   distribution of the per-pair torch-vs-opencv mean EPE;
 * how much batch work the early stop's freezing wasted (``efficiency``).
 
+The downstream check (same spotting result from either implementation, within the noise
+of the training seed) is ``benchmarks/flow_downstream.py``: it runs flow, features, train
+and evaluate with each implementation on a synthetic preset.
+
 Usage (from the repository root)::
 
     python -m benchmarks.bench_flow --quick --out benchmarks/flow_quick.json
