@@ -99,8 +99,20 @@ def importable(func: Callable[..., Any]) -> Callable[..., Any]:
     return getattr(importlib.import_module(spec.name), func.__name__, func)
 
 
+#: what a task returns when its output was already complete when it started (see :func:`_guarded`)
+ALREADY_COMPLETE = "m2es: output already complete"
+
+
 def _guarded(func: Callable[[VideoTask], Any], task: VideoTask) -> tuple[str, bool, Any]:
-    """Run ``func(task)``; an exception becomes ``(one-line reason, error class name)``."""
+    """Run ``func(task)``; an exception becomes ``(one-line reason, error class name)``.
+
+    A task whose output is already complete with its digest when it starts is not run
+    again (:data:`ALREADY_COMPLETE`): a cluster scheduler re-runs the finished tasks of a
+    worker that died before their results were collected, and those videos must not be
+    rewritten.
+    """
+    if task.output is not None and is_complete(task.output, task.digest):
+        return task.video, True, ALREADY_COMPLETE
     try:
         return task.video, True, func(task)
     except M2esError as exc:
@@ -146,7 +158,10 @@ def map_videos(
         for video, ok, value in outcomes:
             bar.update(1)
             if ok:
-                results[video] = value
+                if isinstance(value, str) and value == ALREADY_COMPLETE:
+                    log.info("%s: %s was already complete (a rescheduled task); not redone", stage, video)
+                else:
+                    results[video] = value
                 continue
             failures[video], kinds[video] = value
             log.error("%s: %s failed: %s", stage, video, failures[video])

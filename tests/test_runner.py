@@ -14,7 +14,7 @@ import pytest
 from helpers.runner_funcs import calls, make_tasks, write_video
 from pipeline.errors import ConfigError, StageFailed
 from pipeline.h5io import file_digest, is_complete
-from pipeline.runner import ParallelConfig, map_videos, pending
+from pipeline.runner import ALREADY_COMPLETE, ParallelConfig, _guarded, map_videos, pending
 
 VIDEOS = [f"v{i}" for i in range(6)]
 TESTS = Path(__file__).resolve().parent
@@ -53,6 +53,23 @@ def test_resume_after_failure_is_identical_and_recomputes_only_unfinished(tmp_pa
     assert sorted(results) == ["v2", "v4"]
     assert calls(log) == sorted(before + ["v2", "v4"])
     assert _hashes(out) == ref
+
+
+def test_a_rescheduled_task_whose_output_is_complete_is_not_redone(tmp_path):
+    """A scheduler may re-run a finished task (dask, after the worker holding its result died):
+    the task finds its output complete and returns without rewriting it."""
+    out, log = tmp_path / "out", tmp_path / "calls"
+    task = make_tasks(out, ["v0"], log)[0]
+    assert _guarded(write_video, task) == ("v0", True, 16)
+    stat = (out / "v0.h5").stat()
+    assert _guarded(write_video, task) == ("v0", True, ALREADY_COMPLETE)
+    assert calls(log) == ["v0"]
+    after = (out / "v0.h5").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    # a stale output (other digest) is recomputed as before
+    stale = make_tasks(out, ["v0"], log, version="v2")[0]
+    assert _guarded(write_video, stale) == ("v0", True, 16)
+    assert calls(log) == ["v0", "v0"]
 
 
 def test_resume_after_kill_mid_run(tmp_path):
