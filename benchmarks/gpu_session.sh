@@ -3,16 +3,19 @@
 # GPU-marked tests and the GPU benchmarks, write everything to $OUT.
 # Each step has its own time limit so one slow step cannot starve the others.
 #
-#   STEPS="flow tests features profile" bash benchmarks/gpu_session.sh        # benchmarks (carry .whl)
-#   STEPS="e2e" WHEELS=.whl2 bash benchmarks/gpu_session.sh           # end to end (carry .whl2, .m68)
+#   STEPS="flow tests features profile" bash benchmarks/gpu_session.sh   # benchmarks (carry .whl, .m68a)
+#   STEPS="e2e" WHEELS=.whl2 bash benchmarks/gpu_session.sh           # end to end, right after (carry .whl2, .m68b)
 #
 # Wheels: WHEELS (folders, default .whl) hold what the machine lacks: opencv-contrib-python-headless
 # for the OpenCV TV-L1 baseline, hdf5plugin (trimmed to its Blosc filter) and blosc for the
-# crop files; dlib-bin and openpyxl for the end-to-end run. The dlib
-# 68-point landmark model (100 MB; 63 MB as xz, more than one call may carry beside the
-# OpenCV wheel) travels in two pieces, .m68a/ with the benchmark call and .m68b/ with the
-# end-to-end call on the same warm machine, and is unpacked to /tmp/m68. Packages the first
-# call installed into /tmp/site (hdf5plugin) stay there for the second.
+# crop files; dlib-bin and openpyxl for the end-to-end run. The dlib 68-point landmark model
+# (100 MB; 63 MB as xz) does not fit in one call beside the OpenCV wheel, so it travels in
+# two pieces: .m68a/ with the benchmark call, which copies it to /tmp/m68p (outside the
+# repository: ignored paths that a later call does not carry are removed, /tmp stays while
+# the machine is warm), and .m68b/ with the end-to-end call right after. Packages the first
+# call installed into /tmp/site (hdf5plugin, blosc) stay there for the second. dvclive (and
+# so DVC) is not on the machine: the end-to-end step runs synth to features; train is
+# measured by the train step (bench_train.py).
 set -u
 OUT=${OUT:-/tmp/m2es_gpu_out}
 mkdir -p "$OUT"
@@ -23,6 +26,7 @@ if [ -n "$wheels" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels
 fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
+if ls .m68a/* >/dev/null 2>&1; then mkdir -p /tmp/m68p && cp .m68a/* /tmp/m68p/; fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-150}; T_TRAIN=${T_TRAIN:-150}
 T_E2E=${T_E2E:-420}
@@ -54,12 +58,16 @@ for s in $STEPS; do
     tests) step gpu_tests "$T_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests/test_tvl1_triton.py \
              tests/test_features.py} ;;
     # every stage at a fraction of CAS(ME)^2 (16 videos x 40 s = 19.2k frames at 640x480), extrapolated
-    e2e) mkdir -p /tmp/m68 && cat .m68a/* .m68b/* | python3 -c "import lzma, sys, shutil; \
-shutil.copyfileobj(lzma.open(sys.stdin.buffer), open('/tmp/m68/shape_predictor_68_face_landmarks.dat', 'wb'))" \
-           || { echo "e2e: the landmark model pieces are missing (.m68a from the previous call?)" | tee -a "$OUT/steps.txt"; continue; }
+    e2e) mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models && cat /tmp/m68p/* .m68b/* | python3 -c \
+"import lzma, sys, shutil; shutil.copyfileobj(lzma.open(sys.stdin.buffer), open('/tmp/m68/shape_predictor_68_face_landmarks.dat', 'wb'))" \
+           || { echo "e2e: landmark model pieces missing (/tmp/m68p from the benchmark call?)" | tee -a "$OUT/steps.txt"; continue; }
+         # the synth stage finds the model through the face-recognition-models package's folder
+         touch /tmp/site/face_recognition_models/__init__.py
+         ln -sf /tmp/m68/shape_predictor_68_face_landmarks.dat /tmp/site/face_recognition_models/models/
+         export PYTHONPATH="/tmp/site:${PYTHONPATH}"
          step e2e "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
-           --duration-s 40 --recipe full --no-dvc --param crop.models_dir=/tmp/m68 --stage-timeout 300 \
-           --out "$OUT/e2e_gpu.json" ;;
+           --duration-s 40 --recipe full --no-dvc --stages synth ingest resample crop flow features \
+           --param crop.models_dir=/tmp/m68 --stage-timeout 300 --out "$OUT/e2e_gpu.json" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40
