@@ -47,11 +47,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, VideoFeatures,  # noqa: E402
-                               clip_count, probe_video, read_threads, reader_pool)
+                               clip_count, probe_video, reader_pool)
 from pipeline.crop import CropParams  # noqa: E402
 from pipeline.flow import FlowConfig  # noqa: E402
 from benchmarks.jsonout import emit  # noqa: E402
-from pipeline.h5chunks import CODECS, ChunkCodec  # noqa: E402
+from pipeline.h5chunks import CODECS, ChunkCodec, decode_threads  # noqa: E402
 from pipeline.h5io import atomic_h5  # noqa: E402
 
 log = logging.getLogger("bench_features")
@@ -241,7 +241,7 @@ def reader_rate(inputs: list[tuple], workers: int, pool: Any = None, threads: in
                 raise RuntimeError(f"{item.video}: {item.reason}")
             frames += item.probe.n_frames
     secs = time.perf_counter() - start
-    return {"workers": workers, "threads": 0 if workers else read_threads(threads), "pinned": pin,
+    return {"workers": workers, "threads": 0 if workers else decode_threads(threads), "pinned": pin,
             "frames_per_s": round(frames / secs, 1), "frames": frames}
 
 

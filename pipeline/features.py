@@ -37,7 +37,6 @@ import concurrent.futures as cf
 import copy
 import logging
 import multiprocessing as mp
-import os
 import queue
 import threading
 from collections import deque
@@ -57,7 +56,7 @@ from models.weights import BACKBONES, RANDOM_INIT, STREAM_CHANNELS, Backbone, lo
 
 from .device import resolve_device
 from .errors import ConfigError, InputError, M2esError, StageFailed
-from .h5chunks import read_dataset
+from .h5chunks import decode_threads, read_dataset
 from .h5io import atomic_h5, file_digest, remove_partials, remove_stale
 from .params import check_keys, digest
 from .runner import VideoTask, pending
@@ -228,11 +227,6 @@ def probe_video(video: str, faces_path: str | Path, flow_path: str | Path) -> Vi
     return VideoProbe(video, faces_path, flow_path, t, h, w, c, faces_digest, flow_digest)
 
 
-def read_threads(threads: int) -> int:
-    """Threads of the reader's chunk pool for the ``read_threads`` param (0: one per core, at most 16)."""
-    return threads if threads > 0 else min(16, os.cpu_count() or 1)
-
-
 def _read_array(dset: h5py.Dataset, dtype: type, pool: cf.Executor | None, pin: bool) -> np.ndarray | torch.Tensor:
     """The whole dataset as ``dtype``; with ``pin`` decoded straight into page-locked memory (a tensor)."""
     if dset.dtype != dtype:  # not the stages' dtype (e.g. float32 flow): read, then convert
@@ -296,7 +290,7 @@ class PrefetchReader:
         self.probes = list(probes)
         self.prefetch = max(1, prefetch)
         self.workers = workers
-        self.threads = read_threads(threads)
+        self.threads = decode_threads(threads)
         self.pin = pin
         self.pool = pool  # reused across readers when given (spawning workers costs seconds)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)

@@ -21,7 +21,6 @@ Colour frames are taken to be stored in RGB order (``flow.channel_order``; set i
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError, M2esError, StageFailed
-from .h5chunks import read_dataset
+from .h5chunks import decode_threads, read_dataset
 from .h5io import COMPLETE_ATTR, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
 from .params import digest
 from .runner import VideoTask, map_videos, pending
@@ -134,8 +133,8 @@ def algorithm_identity(tvl1: TVL1Params, cfg: FlowConfig, impl: str) -> dict[str
 def read_faces(path: Path, video: str, pool: Executor | None = None) -> np.ndarray:
     """The ``frames`` of a faces file, checked: uint8 [T, H, W, C] with C 1 or 3.
 
-    With ``pool`` the compressed chunks are decoded in its threads
-    (:func:`pipeline.h5chunks.read_dataset`; the same array as an h5py read).
+    The chunks are decoded by :func:`pipeline.h5chunks.read_dataset` (the same array as
+    an h5py read), in ``pool``'s threads when given.
     """
     try:
         with h5py.File(path, "r") as f:
@@ -143,7 +142,7 @@ def read_faces(path: Path, video: str, pool: Executor | None = None) -> np.ndarr
                 raise InputError(f"{path} (video {video}): faces file is incomplete. Rerun the crop stage.")
             if "frames" not in f:
                 raise InputError(f"{path} (video {video}): no 'frames' dataset. Rerun the crop stage.")
-            frames = read_dataset(f["frames"], pool=pool) if pool is not None else f["frames"][()]
+            frames = read_dataset(f["frames"], pool=pool)
     except OSError as exc:
         raise InputError(f"{path} (video {video}): cannot read the faces file ({exc}). Rerun the crop stage.") from exc
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
@@ -283,7 +282,7 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
     shapes.sort(key=lambda st: (st[0][1:3], st[1].video))
     total = sum(max(s[0] - 1, 0) for s, _ in shapes)
 
-    decode_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="flow-read")
+    decode_pool = ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="flow-read")
     write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow-write")
 
     def load(task: VideoTask) -> np.ndarray:

@@ -242,6 +242,11 @@ def _tasks(plan: list[_Chunk]) -> list[list[_Chunk]]:
     return tasks
 
 
+def decode_threads(threads: int = 0) -> int:
+    """Threads for a chunk-decoding pool: ``threads``, or with 0 one per core (at most 16)."""
+    return threads if threads > 0 else min(16, os.cpu_count() or 1)
+
+
 def read_dataset(dset: h5py.Dataset, out: np.ndarray | None = None, pool: Executor | None = None) -> np.ndarray:
     """All of ``dset`` (exactly what ``dset[()]`` returns), chunks read and decoded in ``pool``'s threads.
 

@@ -79,6 +79,18 @@ class TVL1Params:
                                       f"{types[field].__name__}.") from exc
         return cls(**kwargs)
 
+    def iteration_constants(self) -> tuple[float, float, float, float]:
+        """``(l_t, theta, taut, gamma)`` rounded to float32, as OpenCV's iteration uses them.
+
+        ``l_t = lambda * theta`` and ``taut = tau / theta`` are computed in double and cast.
+        """
+        return (float(np.float32(self.lambda_ * self.theta)), float(np.float32(self.theta)),
+                float(np.float32(self.tau / self.theta)), float(np.float32(self.gamma)))
+
+    def scaled_epsilon(self, pixels: int) -> float:
+        """OpenCV's stopping threshold ``epsilon^2 * pixels`` for a level of ``pixels``, as float32."""
+        return float(np.float32(self.epsilon ** 2 * pixels))
+
     def as_dict(self) -> dict[str, Any]:
         """The parameters under their params.yaml names (for HDF5 attrs and digests)."""
         d = asdict(self)

@@ -221,11 +221,11 @@ class TorchTVL1:
                 u = [K.resize_linear(c, (hs, ws)) for c in u]
                 u[0] = u[0] * step
                 u[1] = u[1] * step          # u3 is not scaled (as OpenCV)
+            i1x, i1y = K.centered_gradient(i1s[s])
             if self.kernels == "triton":
                 u = [c.contiguous() for c in u]
                 q = [torch.zeros_like(u[0]) for _ in range(4)]
                 count = torch.zeros(b, dtype=torch.int32, device=self.device)
-                i1x, i1y = K.centered_gradient(i1s[s])
                 TT.solve_level(i0s[s].contiguous(), i1s[s].contiguous(), i1x, i1y, u, q, count, p,
                                self.remap_subpixel, block=self.triton_block, num_warps=self.triton_warps)
                 count_total += count.to(torch.float64) * (hs * ws / float(h * w))
@@ -236,7 +236,6 @@ class TorchTVL1:
             for q in ws_.p:
                 q.zero_()
             ws_.count.zero_()
-            i1x, i1y = K.centered_gradient(i1s[s])
             for _ in range(p.warps):
                 consts = self._warp(i0s[s], i1s[s], i1x, i1y, ws_.u[0], ws_.u[1], self.remap_subpixel)
                 for dst, src in zip(ws_.consts, consts):
@@ -302,8 +301,7 @@ class TorchTVL1:
     def _chunk_body(self, ws: _Workspace, k: int, eps: torch.Tensor) -> None:
         """``k`` iterations, each one call of the (compiled) single iteration; results copied in place."""
         p = self.params
-        consts = (float(np.float32(p.lambda_ * p.theta)), float(np.float32(p.theta)),
-                  float(np.float32(p.tau / p.theta)), float(np.float32(p.gamma)))
+        consts = p.iteration_constants()
         u, q, active, count = ws.u, ws.p, ws.active, ws.count
         for _ in range(k):
             u, q, active, count = self._iterate(u, q, active, count, *ws.consts, *consts, eps, 1)
@@ -323,7 +321,8 @@ class TorchTVL1:
                             active=torch.ones(b, dtype=torch.bool, device=self.device),
                             count=torch.zeros(b, dtype=torch.int32, device=self.device),
                             consts=[z() for _ in range(4)],
-                            eps=torch.tensor(np.float32(self.params.epsilon ** 2 * h * w), device=self.device))
+                            eps=torch.tensor(self.params.scaled_epsilon(h * w), dtype=torch.float32,
+                                             device=self.device))
             self._workspaces[key] = ws
         return ws
 

@@ -279,10 +279,8 @@ def solve_level(i0: torch.Tensor, i1: torch.Tensor, i1x: torch.Tensor, i1y: torc
     b, h, w = i0.shape
     scratch = torch.empty((6, b, h, w), dtype=torch.float32, device=i0.device)
     pr = params
-    l_t = float(torch.tensor(pr.lambda_ * pr.theta, dtype=torch.float32))
-    taut = float(torch.tensor(pr.tau / pr.theta, dtype=torch.float32))
-    theta = float(torch.tensor(pr.theta, dtype=torch.float32))
-    eps = float(torch.tensor(pr.epsilon ** 2 * h * w, dtype=torch.float32))
+    l_t, theta, taut, _ = pr.iteration_constants()
+    eps = pr.scaled_epsilon(h * w)
     median = pr.median_filtering if pr.median_filtering > 1 else 0
     _level_kernel[(b,)](i0, i1, i1x, i1y, u[0], u[1], p[0], p[1], p[2], p[3],
                         scratch[0], scratch[1], scratch[2], scratch[3], scratch[4], scratch[5], count,
