@@ -9,11 +9,13 @@ and writes ``data/<ds>/faces/<video>.h5``:
   and gzip chunks are compressed in the decode threads (both codecs release the GIL) and
   stored with HDF5's direct chunk write, in the filter's own format, so any HDF5 reader
   with the filter decodes them (h5py: ``import hdf5plugin``; :mod:`pipeline.h5io` does
-  it for the project). Measured on 224 px crops of noisy JPEGs (``benchmarks/RESULTS.md``,
-  640x480 colour / 2040x1088 grey): ``blosc-lz4`` stores them 13% / 18% smaller than
-  ``lzf`` and the stage runs at 0.95x its rate with ``none``, against 0.69x with h5py's
-  serial lzf filter; ``blosc-zstd`` is 6% smaller again (smaller than gzip) at 0.89x;
-  ``lzf`` (h5py only, serial) and ``gzip`` (any HDF5 build, 0.52x) remain;
+  it for the project). Measured on 224 px crops of noisy 640x480 colour JPEGs
+  (``benchmarks/RESULTS.md``): ``blosc-lz4`` stores them 17% smaller than ``none`` /
+  12% smaller than ``lzf``, and the stage runs at 0.96x its rate with ``none``, against
+  0.62x with h5py's serial lzf filter; ``blosc-zstd`` is 6% smaller again (smaller than
+  gzip) at 0.87x; ``lzf`` (h5py only, serial) and ``gzip`` (any HDF5 build, 0.41x) remain.
+  One thread-pool task per storage chunk decodes its frames, crops and compresses them;
+  the main thread only stores whole chunks in order;
 * ``boxes`` int32 [T, 4] the crop box of each frame [x0, y0, x1, y1) in pixels of the
   reference frame's full size; ``source_frames`` int64 [T] the dataset's frame numbers;
 * attrs: video, subject, fps, size, channels, detector, mode, box, landmarks (the
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -58,7 +59,7 @@ _CHOICES = {
     "detector": ("hog", "cnn"),
     "mode": ("fixed", "track"),
     "pad": ("constant", "replicate"),
-    "interpolation": ("area", "linear", "cubic"),
+    "interpolation": ("auto", "area", "linear", "cubic"),
     "on_bad_frame": ("fail", "repeat"),
     "compression": CODECS,
 }
@@ -84,7 +85,7 @@ class CropParams:
     track_threshold: float = 0.1
     pad: str = "constant"
     reduced_decode: bool = True
-    interpolation: str = "area"
+    interpolation: str = "auto"
     on_bad_frame: str = "fail"
     max_repeat_fraction: float = 0.05
     min_frames: int = 9
@@ -170,11 +171,29 @@ def frame_box(box: np.ndarray, ref_shape: Sequence[int], frame_shape: Sequence[i
     return np.round(b).astype(np.int64), True
 
 
+def resize_filter(side: int, size: int, interpolation: str) -> int:
+    """OpenCV filter that resizes a ``side``-pixel patch to ``size`` pixels under ``interpolation``.
+
+    ``auto``: bilinear when shrinking by less than 2x, area averaging from 2x on. Below 2x
+    every source pixel still weighs in the bilinear result, and on face crops it is as close
+    to an antialiased Lanczos resize as area averaging (41-43 dB either, 224 px from 300-440
+    px), at a sixth of its cost (OpenCV's area filter has no fast path for fractional
+    factors: ~0.45 ms per 320-px colour patch, a third of a 640x480 JPEG decode). With
+    reduced JPEG decoding the factor is under 2x whenever the box allows a reduction.
+    ``area`` enlarges bilinearly (area averaging is for shrinking).
+    """
+    if interpolation == "auto":
+        interpolation = "area" if side >= 2 * size else "linear"
+    if interpolation == "area" and side < size:
+        interpolation = "linear"
+    return _INTERP[interpolation]
+
+
 def crop_frame(frame: np.ndarray, box: np.ndarray, size: int, pad: str = "constant",
-               interpolation: str = "area") -> np.ndarray:
+               interpolation: str = "auto") -> np.ndarray:
     """Cut ``box`` [x0, y0, x1, y1) out of ``frame``, padding where it leaves the frame; resize to size x size.
 
-    Returns uint8 [size, size, C] (C = 1 for a 2-D frame).
+    Returns uint8 [size, size, C] (C = 1 for a 2-D frame); ``interpolation`` as in :func:`resize_filter`.
     """
     h, w = frame.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -189,9 +208,7 @@ def crop_frame(frame: np.ndarray, box: np.ndarray, size: int, pad: str = "consta
                                    _BORDER[pad], value=0)
     ph, pw = patch.shape[:2]
     if (ph, pw) != (size, size):
-        interp = _INTERP[interpolation] if ph >= size and pw >= size else (
-            cv2.INTER_LINEAR if interpolation == "area" else _INTERP[interpolation])
-        patch = cv2.resize(patch, (size, size), interpolation=interp)
+        patch = cv2.resize(patch, (size, size), interpolation=resize_filter(min(ph, pw), size, interpolation))
     if patch.ndim == 2:
         patch = patch[:, :, None]
     return np.ascontiguousarray(patch)
@@ -274,61 +291,46 @@ def track_candidates(source: FrameSource, finder: FaceFinder, p: CropParams, ref
 # ----------------------------------------------------------------------------------- writing
 
 class _FrameWriter:
-    """Writes crops into ``frames`` chunk by chunk; Blosc and gzip chunks are compressed in a thread pool.
+    """Creates ``frames`` and stores it one whole storage chunk at a time.
 
-    Those codecs release the GIL, so compression runs beside the decode threads, and the
-    compressed chunks are stored with HDF5's direct chunk write (no filter runs in h5py).
+    Blosc and gzip chunks are compressed by :meth:`encode`, which releases the GIL and so
+    runs in the decode threads, and stored with HDF5's direct chunk write (no filter runs
+    in h5py); ``lzf`` and ``none`` go through h5py's own write.
     """
 
-    def __init__(self, f, n: int, size: int, channels: int, p: CropParams, pool):
-        self.n, self.p, self.pool = n, p, pool
+    def __init__(self, f, n: int, size: int, channels: int, p: CropParams):
         self.codec = ChunkCodec(p.compression, p.compression_level)
         self.chunk = min(p.chunk_frames, n)
-        shape = (n, size, size, channels)
-        self.dset = f.create_dataset("frames", shape=shape, dtype=np.uint8, chunks=(self.chunk, size, size, channels),
-                                     track_times=False, **self.codec.dataset_options())
-        self.buf = np.zeros((self.chunk,) + shape[1:], dtype=np.uint8)
-        self.start = 0
-        self.fill = 0
-        self.pending: list[tuple[int, Any]] = []
+        self.dset = f.create_dataset("frames", shape=(n, size, size, channels), dtype=np.uint8,
+                                     chunks=(self.chunk, size, size, channels), track_times=False,
+                                     **self.codec.dataset_options())
 
-    def add(self, crop: np.ndarray) -> None:
-        self.buf[self.fill] = crop
-        self.fill += 1
-        if self.fill == self.chunk or self.start + self.fill == self.n:
-            self._flush_chunk()
+    def encode(self, crops: np.ndarray) -> bytes | None:
+        """The stored bytes of one chunk's crops (None for codecs h5py applies itself); thread-safe."""
+        if not self.codec.threaded:
+            return None
+        if len(crops) < self.chunk:  # a direct chunk write needs a whole chunk
+            whole = np.zeros((self.chunk,) + crops.shape[1:], dtype=np.uint8)
+            whole[:len(crops)] = crops
+            crops = whole
+        return self.codec.compress(crops)
 
-    def _flush_chunk(self) -> None:
-        data = self.buf[:self.fill].copy()
+    def write(self, start: int, crops: np.ndarray, encoded: bytes | None = None) -> None:
+        """Store the chunk that begins at frame ``start`` (``encoded``: :meth:`encode`'s result, if known)."""
         if self.codec.threaded:
-            if self.fill < self.chunk:  # a direct chunk write needs a whole chunk
-                whole = np.zeros_like(self.buf)
-                whole[:self.fill] = data
-                data = whole
-            self.pending.append((self.start, self.pool.submit(self.codec.compress, data)))
-            if len(self.pending) > 2 * self.p.threads:
-                self._drain(keep=self.p.threads)
+            self.dset.id.write_direct_chunk((start, 0, 0, 0), encoded if encoded is not None else self.encode(crops))
         else:
-            self.dset[self.start:self.start + self.fill] = data
-        self.start += self.fill
-        self.fill = 0
+            self.dset[start:start + len(crops)] = crops
 
-    def _drain(self, keep: int = 0) -> None:
-        while len(self.pending) > keep:
-            start, fut = self.pending.pop(0)
-            self.dset.id.write_direct_chunk((start, 0, 0, 0), fut.result())
 
-    def close(self) -> None:
-        """Write every chunk still being compressed."""
-        self._drain()
+@dataclass
+class _Chunk:
+    """One storage chunk's crops as a decode thread left them."""
 
-    def put(self, position: int, crop: np.ndarray) -> None:
-        """Overwrite one earlier frame (used to back-fill leading bad frames)."""
-        if position >= self.start:
-            self.buf[position - self.start] = crop
-            return
-        self._drain()
-        self.dset[position] = crop
+    crops: np.ndarray
+    bad: list[tuple[int, BadFrameError]]  # (index in the chunk, error)
+    mixed: int
+    encoded: bytes | None  # None when a frame was bad (repeats are filled in order) or h5py compresses
 
 
 # ---------------------------------------------------------------------------------- per video
@@ -369,41 +371,54 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
     min_side = float((int_boxes[:, 2] - int_boxes[:, 0]).min())
     reduce = choose_reduction(min_side, p.size) if p.reduced_decode and source.supports_reduce else 1
 
-    def work(pos: int, frame: np.ndarray) -> tuple[np.ndarray, bool]:
-        box, mixed = frame_box(int_boxes[pos], ref.shape, frame.shape, reduce)
-        return crop_frame(frame, box, p.size, p.pad, p.interpolation), mixed
-
     channels = 3 if color else 1
+
+    def work(group: list[int], items: list[Any]) -> _Chunk:
+        crops = np.empty((len(group), p.size, p.size, channels), dtype=np.uint8)
+        bad, mixed = [], 0
+        for i, (pos, frame) in enumerate(zip(group, items)):
+            if isinstance(frame, BadFrameError):
+                bad.append((i, frame))
+                continue
+            box, m = frame_box(int_boxes[pos], ref.shape, frame.shape, reduce)
+            crops[i] = crop_frame(frame, box, p.size, p.pad, p.interpolation)
+            mixed += int(m)
+        return _Chunk(crops, bad, mixed, None if bad else writer.encode(crops))
+
     repeated: list[int] = []
     mixed_count = 0
     with atomic_h5(task.output, task.digest, asdict(p)) as f:
-        with ThreadPoolExecutor(max_workers=p.threads) as pool:
-            writer = _FrameWriter(f, n, p.size, channels, p, pool)
-            last: np.ndarray | None = None
-            leading: list[int] = []
-            for pos, result in source.map(work, reduce=reduce, batch=p.batch):
-                if isinstance(result, BadFrameError):
-                    if p.on_bad_frame == "fail":
-                        raise InputError(f"{result} Or set params.yaml: crop.on_bad_frame: repeat.")
-                    repeated.append(pos)
-                    if len(repeated) > p.max_repeat_fraction * n:
-                        raise InputError(f"video {video}: {len(repeated)} of {n} frames unreadable (more than "
-                                         f"crop.max_repeat_fraction {p.max_repeat_fraction}), last: {result.path}. "
-                                         "Restore the dataset's frames.")
-                    if last is None:
-                        leading.append(pos)
-                        writer.add(np.zeros((p.size, p.size, channels), np.uint8))
-                    else:
-                        writer.add(last)
+        writer = _FrameWriter(f, n, p.size, channels, p)
+        last: np.ndarray | None = None  # the latest good crop, repeated over bad frames
+        leading: list[tuple[int, _Chunk]] = []  # chunks held back until the first good frame
+        window = max(2 * p.threads, p.batch // writer.chunk)
+        for group, chunk in source.map_groups(work, writer.chunk, reduce=reduce, window=window):
+            mixed_count += chunk.mixed
+            for i, err in chunk.bad:
+                if p.on_bad_frame == "fail":
+                    raise InputError(f"{err} Or set params.yaml: crop.on_bad_frame: repeat.")
+                repeated.append(group[i])
+                if len(repeated) > p.max_repeat_fraction * n:
+                    raise InputError(f"video {video}: {len(repeated)} of {n} frames unreadable (more than "
+                                     f"crop.max_repeat_fraction {p.max_repeat_fraction}), last: {err.path}. "
+                                     "Restore the dataset's frames.")
+            bad = {i for i, _ in chunk.bad}
+            good = [i for i in range(len(group)) if i not in bad]
+            if last is None:
+                if not good:  # nothing decodable yet: hold the chunk back
+                    leading.append((group[0], chunk))
                     continue
-                crop, mixed = result
-                mixed_count += int(mixed)
-                writer.add(crop)
-                if last is None and leading:
-                    for lp in leading:
-                        writer.put(lp, crop)
-                last = crop
-            writer.close()
+                last = chunk.crops[good[0]]  # the first good frame stands in for every frame before it
+                for start, held in leading:
+                    held.crops[:] = last
+                    writer.write(start, held.crops)
+                leading = []
+            for i in range(len(group)):
+                if i in bad:
+                    chunk.crops[i] = last
+                else:
+                    last = chunk.crops[i]
+            writer.write(group[0], chunk.crops, chunk.encoded)
         if last is None:
             raise InputError(f"video {video}: no frame could be decoded. Restore the dataset's frames.")
         if mixed_count:

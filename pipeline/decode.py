@@ -14,14 +14,16 @@ frame index of the processed sequence. Frames come back as ``uint8`` arrays, RGB
 
 :meth:`FrameSource.map` applies a per-frame function in a thread pool (decoding and
 OpenCV release the GIL), yielding results in order, with a bad frame yielded as its
-:class:`BadFrameError` instead of a result so that the caller decides what to do.
+:class:`BadFrameError` instead of a result so that the caller decides what to do;
+:meth:`FrameSource.map_groups` does the same per group of consecutive frames (the crop
+stage's storage chunks), one task per group.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -130,24 +132,43 @@ class FrameSource:
 
         Work runs in ``threads`` threads, ``batch`` frames in flight at most.
         """
+        def one(group: list[int], items: list[np.ndarray | BadFrameError]) -> Any:
+            item = items[0]
+            return item if isinstance(item, BadFrameError) else func(group[0], item)
+
+        for group, result in self.map_groups(one, 1, positions, reduce, window=batch):
+            yield group[0], result
+
+    def map_groups(self, func: Callable[[list[int], list[Any]], Any], group: int,
+                   positions: Sequence[int] | None = None, reduce: int = 1,
+                   window: int = 8) -> Iterator[tuple[list[int], Any]]:
+        """Yield ``(group_positions, func(group_positions, items))`` for consecutive groups, in order.
+
+        ``items`` holds each position's frame, or its :class:`BadFrameError`; one call of
+        ``func`` per ``group`` frames (fewer for the last) runs in the thread pool right after
+        the group is decoded, so per-group work (cropping, compressing a storage chunk) costs
+        one task instead of one per frame. ``window`` groups are in flight at most.
+        """
         positions = list(range(len(self)) if positions is None else positions)
-        batch = max(1, int(batch))
+        group = max(1, int(group))
+        window = max(1, int(window))
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            yield from self._map_positions(pool, func, positions, reduce, batch)
+            pending: deque = deque()
+            for start in range(0, len(positions), group):
+                g = positions[start:start + group]
+                ahead = positions[start:start + window * group]
+                pending.append((g, self._submit_group(pool, func, g, reduce, ahead)))
+                if len(pending) >= window:
+                    g0, fut = pending.popleft()
+                    yield g0, fut.result()
+            while pending:
+                g0, fut = pending.popleft()
+                yield g0, fut.result()
 
-    def _map_positions(self, pool: ThreadPoolExecutor, func: Callable[[int, np.ndarray], Any],
-                       positions: list[int], reduce: int, batch: int) -> Iterator[tuple[int, Any]]:
-        for start in range(0, len(positions), batch):
-            chunk = positions[start:start + batch]
-            yield from zip(chunk, self._map_batch(pool, func, chunk, reduce))
-
-    def _map_batch(self, pool: ThreadPoolExecutor, func: Callable[[int, np.ndarray], Any],
-                   chunk: Sequence[int], reduce: int) -> list[Any]:
+    def _submit_group(self, pool: ThreadPoolExecutor, func: Callable[[list[int], list[Any]], Any],
+                      group: list[int], reduce: int, ahead: list[int]) -> Future:
+        """Start ``func`` on ``group`` (``ahead``: the positions wanted next, this group's first)."""
         raise NotImplementedError
-
-
-def _apply(func: Callable[[int, np.ndarray], Any], position: int, frame: np.ndarray) -> Any:
-    return func(position, frame)
 
 
 class ImageFolderSource(FrameSource):
@@ -171,24 +192,17 @@ class ImageFolderSource(FrameSource):
         except BadFrameError as exc:
             raise BadFrameError(f"video {self.video}, frame {position}: {exc}", exc.path, position) from None
 
-    def _one(self, func: Callable[[int, np.ndarray], Any], position: int, reduce: int) -> Any:
-        try:
-            frame = self.read(position, reduce)
-        except BadFrameError as exc:
-            return exc
-        return func(position, frame)
+    def _decode_group(self, func: Callable[[list[int], list[Any]], Any], group: list[int], reduce: int) -> Any:
+        items: list[Any] = []
+        for position in group:
+            try:
+                items.append(self.read(position, reduce))
+            except BadFrameError as exc:
+                items.append(exc)
+        return func(group, items)
 
-    def _map_positions(self, pool, func, positions, reduce, batch):
-        # a sliding window of ``batch`` frames in flight: no idle threads at batch boundaries
-        window: deque = deque()
-        for pos in positions:
-            window.append((pos, pool.submit(self._one, func, pos, reduce)))
-            if len(window) >= batch:
-                p, fut = window.popleft()
-                yield p, fut.result()
-        while window:
-            p, fut = window.popleft()
-            yield p, fut.result()
+    def _submit_group(self, pool, func, group, reduce, ahead):
+        return pool.submit(self._decode_group, func, group, reduce)
 
 
 class VideoFileSource(FrameSource):
@@ -199,6 +213,7 @@ class VideoFileSource(FrameSource):
         self.path = str(path)
         self.indices = [int(i) for i in indices]
         self._reader = None
+        self._decoded: dict[int, np.ndarray | BadFrameError] = {}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -250,10 +265,12 @@ class VideoFileSource(FrameSource):
             raise frame
         return frame
 
-    def _map_batch(self, pool, func, chunk, reduce):
-        frames = self._decode(chunk)
-        return list(pool.map(lambda pf: pf[1] if isinstance(pf[1], BadFrameError) else func(*pf),
-                             zip(chunk, frames)))
+    def _submit_group(self, pool, func, group, reduce, ahead):
+        # decord decodes in its own threads, so frames come from one batched call per window
+        # of positions, made here; only ``func`` runs in the pool
+        if group[0] not in self._decoded:
+            self._decoded = dict(zip(ahead, self._decode(ahead)))
+        return pool.submit(func, group, [self._decoded.pop(p) for p in group])
 
 
 def open_source(video: str, kind: str, source: str | Path, color: bool, source_frames: Sequence[int],

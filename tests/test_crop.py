@@ -14,7 +14,7 @@ import pytest
 import yaml
 from skimage import data
 
-from pipeline.crop import CropParams, build_tasks, crop_video, main as crop_main
+from pipeline.crop import CropParams, build_tasks, crop_frame, crop_video, main as crop_main, resize_filter
 from pipeline.errors import ConfigError, StageFailed
 from pipeline.faces import BROWS, CHIN, JAW, FaceFinder
 from pipeline.h5io import read_attr_json
@@ -273,22 +273,44 @@ def test_interrupted_write_leaves_no_output(tmp_path: Path) -> None:
     assert list((tmp_path / "faces").iterdir()) == []  # no final file, no partial left
 
 
-@pytest.mark.parametrize("bad_at", [0, 4])
-def test_repeat_mode_repeats_and_records_bad_frames(tmp_path: Path, bad_at: int) -> None:
-    paths = write_frames(tmp_path / "raw" / "v", [render(dx=3 * i) for i in range(12)])
-    Path(paths[bad_at]).write_bytes(b"")
-    res = run_crop(tmp_path / "faces", {"v": {"paths": paths}}, on_bad_frame="repeat", max_repeat_fraction=0.1)
-    assert res["v"]["repeated"] == [bad_at]
+@pytest.mark.parametrize("bad", [[0], [4], [8], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [7, 8, 15]])
+def test_repeat_mode_repeats_and_records_bad_frames(tmp_path: Path, bad: list[int]) -> None:
+    # chunks of 4 frames: bad frames at a chunk's start, across chunk edges, and a leading run of
+    # more than two chunks (held back until the first good frame, which stands in for them)
+    paths = write_frames(tmp_path / "raw" / "v", [render(dx=3 * i) for i in range(17)])
+    for i in bad:
+        Path(paths[i]).write_bytes(b"")
+    res = run_crop(tmp_path / "faces", {"v": {"paths": paths}}, on_bad_frame="repeat", max_repeat_fraction=0.6,
+                   chunk_frames=4, search_frames=17)
+    assert res["v"]["repeated"] == bad
     with h5py.File(tmp_path / "faces" / "v.h5") as f:
         out = f["frames"][...]
-        assert list(f.attrs["repeated_frames"]) == [bad_at]
-    neighbour = bad_at + 1 if bad_at == 0 else bad_at - 1
-    assert np.array_equal(out[bad_at], out[neighbour])
-    assert not np.array_equal(out[bad_at + 1], out[bad_at + 2])
+        assert list(f.attrs["repeated_frames"]) == bad
+    good = [i for i in range(17) if i not in bad]
+    for i in bad:
+        earlier = [g for g in good if g < i]
+        stand_in = earlier[-1] if earlier else good[0]
+        assert np.array_equal(out[i], out[stand_in]), (i, stand_in)
+    assert all(not np.array_equal(out[a], out[b]) for a, b in zip(good, good[1:]))  # the head moves 3 px per frame
     # too many bad frames fail the video
-    Path(paths[7]).write_bytes(b"")
+    Path(paths[16]).write_bytes(b"")
     with pytest.raises(StageFailed, match="max_repeat_fraction"):
-        run_crop(tmp_path / "f2", {"v": {"paths": paths}}, on_bad_frame="repeat", max_repeat_fraction=0.1)
+        run_crop(tmp_path / "f2", {"v": {"paths": paths}}, on_bad_frame="repeat", max_repeat_fraction=len(bad) / 17,
+                 search_frames=17)
+
+
+def test_auto_resize_filter_is_bilinear_below_2x_and_area_from_2x() -> None:
+    assert resize_filter(447, 224, "auto") == cv2.INTER_LINEAR
+    assert resize_filter(448, 224, "auto") == cv2.INTER_AREA
+    assert resize_filter(200, 224, "auto") == cv2.INTER_LINEAR
+    assert resize_filter(300, 224, "area") == cv2.INTER_AREA and resize_filter(200, 224, "area") == cv2.INTER_LINEAR
+    assert CropParams().interpolation == "auto"
+    # the auto crop of a 320-px box is the bilinear one, not the area one
+    frame = render(noise=3)
+    box = np.array([150, 80, 470, 400])
+    auto = crop_frame(frame, box, 224, interpolation="auto")
+    assert np.array_equal(auto, crop_frame(frame, box, 224, interpolation="linear"))
+    assert not np.array_equal(auto, crop_frame(frame, box, 224, interpolation="area"))
 
 
 def test_no_face_names_video_and_frames_tried(tmp_path: Path) -> None:

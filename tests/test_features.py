@@ -315,17 +315,14 @@ def test_probe_and_reader_read_what_the_crop_and_flow_stages_wrote(tmp_path: Pat
 def stage_files(tmp_path: Path) -> tuple[VideoProbe, np.ndarray, np.ndarray]:
     """A faces file written by the crop stage's writer (its default Blosc codec) and a flow file in the flow
     stage's layout and default filter (lzf, one field per chunk); returns the probe and h5py's plain reads."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from pipeline.crop import CropParams, _FrameWriter
 
     frames, flow = realistic_video(37, SIZE, 3, seed=7)  # 37 frames: the last 8-frame chunk is partial
     faces_path, flow_path = tmp_path / "faces" / "v.h5", tmp_path / "flow" / "v.h5"
-    with atomic_h5(faces_path, "faces-v") as f, ThreadPoolExecutor(2) as pool:
-        writer = _FrameWriter(f, len(frames), SIZE, 3, CropParams(size=SIZE), pool)
-        for frame in frames:
-            writer.add(frame)
-        writer.close()
+    with atomic_h5(faces_path, "faces-v") as f:
+        writer = _FrameWriter(f, len(frames), SIZE, 3, CropParams(size=SIZE))
+        for start in range(0, len(frames), writer.chunk):
+            writer.write(start, frames[start:start + writer.chunk])
     with atomic_h5(flow_path, "flow-v") as f:
         f.create_dataset("flow", data=flow, chunks=(1, SIZE, SIZE, 2), compression="lzf")
     with h5py.File(faces_path, "r") as f:
