@@ -19,15 +19,24 @@ written to ``--out`` after every stage, so a run cut short keeps what it measure
   the stage's own processes where NVML lists them;
 * the extrapolated time for CAS(ME)^2 and SAMM-LV scale, with the rule used.
 
+``--overlap`` runs ``python -m pipeline.overlap`` before the crop stage: the crop stage's
+processes crop on the CPU while this process solves TV-L1 on the GPU for every faces file
+already written (:mod:`pipeline.overlap`); the crop and flow stages then run through DVC as
+usual, find every output complete and only record them (their wall time is then DVC's
+hashing and the stages' checks). Its record is ``stages.overlap`` (pairs/s of the two
+together), extrapolated like a stage by the flow pairs.
+
 Run on a lent GPU machine (one command; 16 videos x 40 s at 640x480, 19.2k frames, the
 published recipe; measured in ``benchmarks/RESULTS.md``):
 
     python benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 --duration-s 40 \\
         --recipe full --stage-timeout 300 --out "$OUT/e2e_gpu.json"
 
-CPU proof of function (a minute or two on 2 cores):
+CPU proof of function (a minute or two on 2 cores; the second with crop and flow overlapped,
+which needs the torch TV-L1 solver):
 
     python benchmarks/e2e.py --recipe tiny --subjects 2 --videos-per-subject 1 --duration-s 5
+    python benchmarks/e2e.py --recipe tiny --overlap --param flow.impl=torch --param flow.device=cpu
 """
 
 from __future__ import annotations
@@ -336,13 +345,14 @@ STAGE_UNITS: dict[str, tuple[str, str]] = {   # stage: (measured quantity, throu
     "features": ("feature_clips_per_stream", "clips_per_s_per_stream"),
     "train": ("train_fold_frames", "fold_frames_per_s"),
     "evaluate": ("kept_frames", "frames_per_s"),
+    "overlap": ("flow_pairs", "pairs_per_s"),
 }
 
 
 def target_units(target: dict[str, Any], stride: int) -> dict[str, float]:
     """The units of work of a real dataset under the extrapolation rule."""
     kept = target["source_frames"] * target["target_fps"] / target["source_fps"]
-    return {"ingest": target["source_frames"], "resample": kept, "crop": kept, "flow": kept,
+    return {"ingest": target["source_frames"], "resample": kept, "overlap": kept, "crop": kept, "flow": kept,
             "features": kept / stride, "train": kept * target["subjects"], "evaluate": kept}
 
 
@@ -352,6 +362,8 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
     out: dict[str, Any] = {"rule": EXTRAPOLATION_RULE}
     for name, target in TARGETS.items():
         units = target_units(target, stride)
+        if "overlap" not in stages:
+            units.pop("overlap")
         per_stage, total = {}, 0.0
         for stage, n in units.items():
             rec = stages.get(stage)
@@ -483,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra params.yaml settings, e.g. train.fold_workers=2 or features.precision=bf16")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES)
     ap.add_argument("--no-dvc", action="store_true", help="run python -m pipeline.<stage> instead of dvc repro")
+    ap.add_argument("--overlap", action="store_true",
+                    help="before the crop stage, run python -m pipeline.overlap (crop on the CPU while the GPU "
+                         "solves TV-L1 on the crops already written); the crop and flow stages then find their "
+                         "outputs complete and only record them (needs flow.impl torch: auto on a GPU)")
     ap.add_argument("--interval", type=float, default=0.2, help="sampling period of memory and GPU (s)")
     ap.add_argument("--stage-timeout", type=float, default=3600.0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the project copy goes (default: a tmp dir)")
@@ -516,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                    "duration_s": args.duration_s, "source_size": size, "recipe": args.recipe,
                    "recipe_overrides": RECIPES[args.recipe], "n_jobs": args.n_jobs, "params": args.param,
                    "runner": "python -m pipeline" if args.no_dvc else "dvc repro --single-item",
+                   "overlap": bool(args.overlap),
                    "project": str(project)},
         "stages": {},
     }
@@ -528,17 +545,22 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(text + "\n")
 
     t_all = time.perf_counter()
-    for stage in [s for s in STAGES if s in args.stages]:
+    order = [s for s in STAGES if s in args.stages]
+    if args.overlap and "crop" in order:
+        order.insert(order.index("crop"), "overlap")
+    for stage in order:
         log.info("%s ...", stage)
-        rec = run_stage(project, stage, dataset, not args.no_dvc, Sampler(args.interval, gpu), logs,
-                        args.stage_timeout)
+        use_dvc = not args.no_dvc and stage != "overlap"   # overlap fills DVC's outputs; the stages record them
+        rec = run_stage(project, stage, dataset, use_dvc, Sampler(args.interval, gpu), logs, args.stage_timeout)
         if rec["rc"] == 0:
-            rec["fixed_cost_s"] = round(fixed_cost(project, stage, dataset, not args.no_dvc), 2)
+            rec["fixed_cost_s"] = round(fixed_cost(project, stage, dataset, use_dvc), 2)
         work = work_done(project, dataset, stride)
         quantity, rate = STAGE_UNITS[stage]
         if work.get(quantity):
             rec["work"] = {quantity: work[quantity]}
             rec[rate] = round(work[quantity] / rec["wall_s"], 2)
+        if stage == "overlap" and work.get("crop_frames"):
+            rec["work"]["crop_frames"] = work["crop_frames"]
         if stage == "train" and work.get("trained_models"):
             rec["work"].update(loso_folds=work["loso_folds"], final_model=work["final_model"])
             rec["folds_per_min"] = round(work["trained_models"] / (rec["wall_s"] / 60), 2)

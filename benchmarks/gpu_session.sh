@@ -5,6 +5,7 @@
 #
 #   STEPS="flow tests features profile" bash benchmarks/gpu_session.sh   # benchmarks (carry .whl, .m68a)
 #   STEPS="e2e" WHEELS=.whl2 bash benchmarks/gpu_session.sh           # end to end, right after (carry .whl2, .m68b)
+#   STEPS="e2e_overlap" ...                                            # the same with crop and flow at once
 #
 # Wheels: WHEELS (folders, default .whl) hold what the machine lacks: opencv-contrib-python-headless
 # for the OpenCV TV-L1 baseline, hdf5plugin (trimmed to its Blosc filter) and blosc for the
@@ -58,16 +59,18 @@ for s in $STEPS; do
     tests) step gpu_tests "$T_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests/test_tvl1_triton.py \
              tests/test_features.py} ;;
     # every stage at a fraction of CAS(ME)^2 (16 videos x 40 s = 19.2k frames at 640x480), extrapolated
-    e2e) mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models && cat /tmp/m68p/* .m68b/* | python3 -c \
+    # e2e_overlap: the same with crop and flow at once (pipeline.overlap), then the stages as usual
+    e2e|e2e_overlap) mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models && cat /tmp/m68p/* .m68b/* | python3 -c \
 "import lzma, sys, shutil; shutil.copyfileobj(lzma.open(sys.stdin.buffer), open('/tmp/m68/shape_predictor_68_face_landmarks.dat', 'wb'))" \
            || { echo "e2e: landmark model pieces missing (/tmp/m68p from the benchmark call?)" | tee -a "$OUT/steps.txt"; continue; }
          # the synth stage finds the model through the face-recognition-models package's folder
          touch /tmp/site/face_recognition_models/__init__.py
          ln -sf /tmp/m68/shape_predictor_68_face_landmarks.dat /tmp/site/face_recognition_models/models/
          export PYTHONPATH="/tmp/site:${PYTHONPATH}"
-         step e2e "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
+         extra=""; [ "$s" = e2e_overlap ] && extra="--overlap"
+         step "$s" "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
            --duration-s 40 --recipe full --no-dvc --stages synth ingest resample crop flow features \
-           --param crop.models_dir=/tmp/m68 --stage-timeout 300 --out "$OUT/e2e_gpu.json" ;;
+           --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40

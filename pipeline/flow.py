@@ -36,7 +36,7 @@ from .errors import ConfigError, InputError, M2esError, StageFailed
 from .h5chunks import decode_threads, read_dataset
 from .h5io import COMPLETE_ATTR, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
 from .params import digest
-from .runner import VideoTask, map_videos, pending
+from .runner import NOT_YET, TaskFeed, VideoTask, map_videos, pending
 from .stage import StageContext, stage_main
 from .tvl1_opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel, to_gray
 
@@ -250,12 +250,15 @@ def opencv_video(task: VideoTask) -> int:
 
 
 # ------------------------------------------------------------------- torch path
-def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: Mapping[str, Any],
+def run_torch(tasks: list[VideoTask] | TaskFeed, tvl1: TVL1Params, cfg: FlowConfig, attrs: Mapping[str, Any],
               section: Mapping[str, Any], fail_fast: bool = False) -> dict[str, int]:
     """Batch the pairs of all ``tasks`` across videos through one :class:`TorchTVL1`.
 
-    Videos are grouped by frame size (a batch holds one size), read one ahead in a
-    background thread, and each video's file is committed as soon as its last pair is
+    A list of videos is grouped by frame size (a batch holds one size); a streaming
+    :class:`~pipeline.runner.TaskFeed` (faces files still being cropped) is taken in
+    arrival order, and whatever is queued is solved whenever the next video has not
+    arrived yet, so the GPU works while the crop stage does. Videos are read one ahead in
+    a background thread, and each video's file is committed as soon as its last pair is
     done. Returns {video: pairs}; raises :class:`StageFailed` listing failed videos.
     """
     import torch
@@ -273,14 +276,19 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
     log.info("TV-L1 on %s with %s kernels", device, kernels)
     failures: dict[str, str] = {}
     done: dict[str, int] = {}
-    shapes: list[tuple[tuple[int, ...], VideoTask]] = []
-    for task in tasks:
-        try:
-            shapes.append((faces_shape(Path(task.payload["faces"]), task.video), task))
-        except M2esError as exc:
-            failures[task.video] = str(exc)
-    shapes.sort(key=lambda st: (st[0][1:3], st[1].video))
-    total = sum(max(s[0] - 1, 0) for s, _ in shapes)
+    total: int | None = None
+    if isinstance(tasks, TaskFeed):
+        feed = tasks
+    else:
+        shapes: list[tuple[tuple[int, ...], VideoTask]] = []
+        for task in tasks:
+            try:
+                shapes.append((faces_shape(Path(task.payload["faces"]), task.video), task))
+            except M2esError as exc:
+                failures[task.video] = str(exc)
+        shapes.sort(key=lambda st: (st[0][1:3], st[1].video))
+        total = sum(max(s[0] - 1, 0) for s, _ in shapes)
+        feed = TaskFeed(ready=[t for _, t in shapes])
 
     decode_pool = ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="flow-read")
     write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow-write")
@@ -349,36 +357,37 @@ def run_torch(tasks: list[VideoTask], tvl1: TVL1Params, cfg: FlowConfig, attrs: 
     batch = int(cfg.batch_pairs)
     with decode_pool, write_pool, ThreadPoolExecutor(max_workers=1) as pool, \
             tqdm(total=total, desc=STAGE, unit="pair") as bar:
-        futures: list[Future | None] = []
-        ordered = [t for _, t in shapes]
-        if ordered:
-            futures.append(pool.submit(load, ordered[0]))
+
+        def next_task(wait: bool) -> Any:
+            task = feed.get(wait)
+            return (task, None if task is NOT_YET or task is None else pool.submit(load, task))
+
+        task, gray_future = next_task(True)
         current_hw: tuple[int, ...] | None = None
-        for i, (shape, task) in enumerate(shapes):
-            gray_future = futures[i]
-            assert gray_future is not None
-            if i + 1 < len(ordered):
-                futures.append(pool.submit(load, ordered[i + 1]))
+        while task is not None:
+            nxt, nxt_future = next_task(False)          # read the next video while this one is solved
             try:
                 gray = gray_future.result()
             except M2esError as exc:
                 failures[task.video] = str(exc)
                 log.error("%s: %s failed: %s", STAGE, task.video, exc)
-                if fail_fast:
-                    break
-                continue
-            finally:
-                futures[i] = None                   # free the frames of finished reads
-            if current_hw is not None and gray.shape[1:] != current_hw:
-                flush(queued, bar)                  # a batch holds one frame size
-            current_hw = gray.shape[1:]
-            writer = FlowWriter(task, len(gray) - 1, gray.shape[1:], attrs, section, cfg.compression)
-            queue.append((writer, 0, gray[:-1], gray[1:]))
-            queued += len(gray) - 1
-            while queued >= batch:
-                flush(batch, bar)
+                gray = None
+            gray_future = None                      # free the frames of finished reads
+            if gray is not None:
+                if current_hw is not None and gray.shape[1:] != current_hw:
+                    flush(queued, bar)              # a batch holds one frame size
+                current_hw = gray.shape[1:]
+                writer = FlowWriter(task, len(gray) - 1, gray.shape[1:], attrs, section, cfg.compression)
+                queue.append((writer, 0, gray[:-1], gray[1:]))
+                queued += len(gray) - 1
+                while queued >= batch:
+                    flush(batch, bar)
             if fail_fast and failures:
                 break
+            if nxt is NOT_YET:                      # the next video is still being cropped:
+                flush(queued, bar)                  # solve what is here meanwhile
+                nxt, nxt_future = next_task(True)
+            task, gray_future = nxt, nxt_future
         if not (fail_fast and failures):
             flush(queued, bar)
         for fut in writes:
@@ -411,9 +420,41 @@ def _to_host_float16(flow: Any) -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------------ stage
-def build_tasks(ctx: StageContext, ident: Mapping[str, Any], section: Mapping[str, Any], cfg: FlowConfig
-                ) -> tuple[list[VideoTask], dict[str, str]]:
-    """One task per complete faces file; the digest includes the faces file's ``m2es_digest``."""
+@dataclass(frozen=True)
+class FlowPlan:
+    """The flow stage's settings for one run, resolved from its params section."""
+
+    section: dict[str, Any]
+    cfg: FlowConfig
+    tvl1: TVL1Params
+    impl: str
+    ident: dict[str, Any]  # written to every file's attrs; the digest leaves out opencv_version
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> "FlowPlan":
+        """Validate the ``flow`` section and resolve ``impl`` on this machine."""
+        cfg = FlowConfig.from_section(section)
+        tvl1 = TVL1Params.from_section(section)
+        impl = resolve_impl(cfg.impl, cfg.device)
+        ident = algorithm_identity(tvl1, cfg, impl)
+        ident["opencv_version"] = cv2.__version__ if impl == "opencv" else None
+        return cls(dict(section), cfg, tvl1, impl, ident)
+
+
+def build_task(ctx: StageContext, plan: FlowPlan, faces: Path) -> VideoTask | None:
+    """The task of one faces file (None when it is incomplete); its digest includes the file's ``m2es_digest``."""
+    faces_digest = file_digest(faces)
+    if faces_digest is None:
+        return None
+    stage_ident = {k: v for k, v in plan.ident.items() if k != "opencv_version"}
+    dig = digest({"stage": stage_ident, "inputs": faces_digest, "version": VERSION})
+    return VideoTask(faces.stem, ctx.paths.h5(ctx.paths.flow, faces.stem), dig,
+                     {"faces": str(faces), "section": dict(plan.section), "attrs": dict(plan.ident),
+                      "channel_order": plan.cfg.channel_order, "compression": plan.cfg.compression})
+
+
+def build_tasks(ctx: StageContext, plan: FlowPlan) -> tuple[list[VideoTask], dict[str, str]]:
+    """One task per complete faces file; the incomplete ones as {video: reason}."""
     faces_dir = ctx.paths.faces
     files = sorted(faces_dir.glob("*.h5")) if faces_dir.is_dir() else []
     if not files:
@@ -421,44 +462,33 @@ def build_tasks(ctx: StageContext, ident: Mapping[str, Any], section: Mapping[st
                          f"dvc repro crop@{ctx.name}.")
     tasks, bad = [], {}
     for path in files:
-        video = path.stem
-        faces_digest = file_digest(path)
-        if faces_digest is None:
-            bad[video] = f"{path}: faces file is incomplete or unreadable. Rerun the crop stage."
-            continue
-        dig = digest({"stage": dict(ident), "inputs": faces_digest, "version": VERSION})
-        tasks.append(VideoTask(video, ctx.paths.h5(ctx.paths.flow, video), dig,
-                               {"faces": str(path), "section": dict(section), "attrs": dict(ident),
-                                "channel_order": cfg.channel_order, "compression": cfg.compression}))
+        task = build_task(ctx, plan, path)
+        if task is None:
+            bad[path.stem] = f"{path}: faces file is incomplete or unreadable. Rerun the crop stage."
+        else:
+            tasks.append(task)
     return tasks, bad
 
 
 def run(ctx: StageContext) -> None:
     """Compute the flow of every video of the dataset (skipping complete outputs)."""
-    section = ctx.section()
-    cfg = FlowConfig.from_section(section)
-    tvl1 = TVL1Params.from_section(section)
-    impl = resolve_impl(cfg.impl, cfg.device)
-    ident = algorithm_identity(tvl1, cfg, impl)
-    ident["opencv_version"] = cv2.__version__ if impl == "opencv" else None
+    plan = FlowPlan.from_section(ctx.section())
     remove_partials(ctx.paths.flow)
-    tasks, bad = build_tasks(ctx, {k: v for k, v in ident.items() if k != "opencv_version"}, section, cfg)
+    tasks, bad = build_tasks(ctx, plan)
     stale = remove_stale(ctx.paths.flow, {t.video for t in tasks} | set(bad))
     if stale:
         log.info("%s: removed %d output(s) of videos no longer in the tables: %s", STAGE, len(stale),
                  ", ".join(stale))
-    for t in tasks:
-        t.payload["attrs"] = dict(ident)
-    log.info("%s@%s: %d videos, impl %s", STAGE, ctx.name, len(tasks), impl)
+    log.info("%s@%s: %d videos, impl %s", STAGE, ctx.name, len(tasks), plan.impl)
     failures = dict(bad)
     try:
-        if impl == "opencv":
+        if plan.impl == "opencv":
             map_videos(opencv_video, tasks, stage=STAGE, parallel=ctx.parallel)
         else:
             todo, done = pending(tasks)
             if done:
                 log.info("%s: %d of %d videos already complete, skipped", STAGE, len(done), len(tasks))
-            run_torch(todo, tvl1, cfg, ident, section, fail_fast=ctx.parallel.fail_fast)
+            run_torch(todo, plan.tvl1, plan.cfg, plan.ident, plan.section, fail_fast=ctx.parallel.fail_fast)
     except StageFailed as exc:
         failures.update(exc.failures)
     if failures:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import queue
 import sys
+import threading
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -71,6 +73,54 @@ class ParallelConfig:
         if cfg.backend not in BACKENDS:
             raise ConfigError(f"params.yaml: parallel.backend '{cfg.backend}' is not one of {', '.join(BACKENDS)}.")
         return cfg
+
+
+NOT_YET = object()  # TaskFeed.get(wait=False): no task has arrived yet
+_END = object()
+
+
+class TaskFeed:
+    """Tasks for one consumer, either all known (``ready``) or arriving over time (``source``).
+
+    A ``source`` iterable (which may block between items, e.g. while another stage is still
+    writing inputs) is drained by a background thread, so the consumer can ask without
+    blocking and do other work (flush a partial GPU batch) while nothing has arrived.
+    """
+
+    def __init__(self, ready: Iterable[VideoTask] = (), source: Iterable[VideoTask] | None = None):
+        self._queue: queue.Queue = queue.Queue()
+        for task in ready:
+            self._queue.put(task)
+        self.streaming = source is not None
+        if source is None:
+            self._queue.put(_END)
+        else:
+            threading.Thread(target=self._drain, args=(source,), name="task-feed", daemon=True).start()
+
+    def _drain(self, source: Iterable[VideoTask]) -> None:
+        try:
+            for task in source:
+                self._queue.put(task)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._queue.put(exc)
+        finally:
+            self._queue.put(_END)
+
+    def get(self, wait: bool = True) -> Any:
+        """The next task; None once the feed is exhausted; ``NOT_YET`` when ``wait`` is False and none is there.
+
+        An exception raised by the source is raised here.
+        """
+        try:
+            item = self._queue.get(block=wait)
+        except queue.Empty:
+            return NOT_YET
+        if item is _END:
+            self._queue.put(_END)  # every later call sees the end too
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 def pending(tasks: Iterable[VideoTask]) -> tuple[list[VideoTask], list[VideoTask]]:
