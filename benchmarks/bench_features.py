@@ -15,7 +15,11 @@ For each path: clips/s of the RGB stream alone, the flow stream alone and both t
 models are built and compiled once per path), the model-only rate on a resident batch,
 achieved TFLOP/s (27.8 GFLOP per RGB clip, 25.6 per flow clip, at 224 px) and the
 fraction of the card's dense bf16 matrix peak; the fast path's agreement with the plain
-path (minimum per-clip cosine similarity) on the same video; the reader's frames/s.
+path (minimum per-clip cosine similarity) on the same video; the reader's frames/s; and
+``host_fraction``: the share of each end-to-end pass the host thread spent waiting for the
+reader, moving and preparing videos (``to_device``), enqueuing batches (``launch``) and
+waiting for the device's results (``device_wait``), which says whether the gap to the
+model-only rate is the reader, the host or the device's own preparation work.
 JSON goes to stdout and to ``--out``. ``--quick`` keeps the whole run under ~3 minutes.
 
 ``--reader-only`` measures only the host-side reader (no model): frames/s (each frame
@@ -200,7 +204,9 @@ def bench_path(path: str, args: argparse.Namespace, inputs: list[tuple], peak: f
         gflop = sum(GFLOP_PER_CLIP[s] for s in streams) / len(streams) * (args.size / 224) ** 2
         entry = {"streams": "+".join(streams), "clips_per_stream": clips, "seconds": round(secs, 3),
                  "clips_per_s_per_stream": round(rate, 1), "setup_and_warmup_s": round(setup_s, 1),
-                 "tflops": round(rate * gflop * len(streams) / 1e3, 1)}
+                 "tflops": round(rate * gflop * len(streams) / 1e3, 1),
+                 # where the host thread's time went in the measured pass (the rest: consuming results)
+                 "host_fraction": {k: round(v / secs, 3) for k, v in extractor.host_seconds.items()}}
         if peak:
             entry["bf16_peak_fraction"] = round(rate * gflop * len(streams) / 1e3 / peak, 4)
         if len(streams) == 1 and args.model_only_reps:

@@ -39,6 +39,7 @@ import logging
 import multiprocessing as mp
 import queue
 import threading
+import time
 from collections import deque
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
@@ -476,6 +477,7 @@ class FeatureExtractor:
                 fn = torch.compile(fn, dynamic=False)
             self._fns[stream] = fn
         self.dim = self.backbones[self.streams[0]].dim
+        self.host_seconds: dict[str, float] = {}  # where the last run()'s host thread spent its time
 
     def subset(self, streams: Sequence[str]) -> "FeatureExtractor":
         """The same loaded (and compiled) models, running only ``streams``."""
@@ -566,20 +568,28 @@ class FeatureExtractor:
         active: deque[_Active] = deque()
         inflight: _Launched | None = None
         B = self.cfg.batch_size
+        # seconds the host thread spent waiting for the reader, moving and preparing videos, enqueuing
+        # batches, and waiting for the device's results (benchmarks/bench_features.py reports them)
+        spent = self.host_seconds = {"reader": 0.0, "to_device": 0.0, "launch": 0.0, "device_wait": 0.0}
+        clock = time.perf_counter
         with self._inference():
             while True:
                 while not exhausted and sum(a.n_clips - a.launched for a in active) < B:
+                    t = clock()
                     item = next(it, None)
+                    spent["reader"] += clock() - t
                     if item is None:
                         exhausted = True
                     elif isinstance(item, Failed):
                         yield item
                     else:
+                        t = clock()
                         try:
                             active.append(self._to_device(item))
                         except torch.OutOfMemoryError as exc:
                             yield Failed(item.probe.video, f"out of device memory preparing it ({exc}); "
                                                            "lower features.batch_size or run on a larger card")
+                        spent["to_device"] += clock() - t
                 segments, rows = [], 0
                 for a in active:
                     if rows >= B:
@@ -589,12 +599,16 @@ class FeatureExtractor:
                         segments.append((a, a.launched, count, rows))
                         a.launched += count
                         rows += count
+                t = clock()
                 launched = self._launch(segments, rows) if rows else None
+                spent["launch"] += clock() - t
                 for a, _, _, _ in segments:
                     if a.launched == a.n_clips:
                         a.views = None  # its clips are all queued; the device may reuse the memory
                 if inflight is not None:
+                    t = clock()
                     self._land(inflight)
+                    spent["device_wait"] += clock() - t
                 inflight = launched
                 while active and active[0].launched == active[0].n_clips and active[0].done == active[0].n_clips:
                     done = active.popleft()

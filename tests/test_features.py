@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import h5py
@@ -165,7 +166,12 @@ def _manual_clip_features(frames: np.ndarray, flow: np.ndarray, i: int, seed_rgb
 def test_clip_i_is_frames_2i_to_2i_plus_8_and_batches_span_videos(extractor: FeatureExtractor) -> None:
     a = realistic_video(13, SIZE, seed=1)  # 3 clips
     b = realistic_video(12, SIZE, seed=2)  # 2 clips
+    t0 = time.perf_counter()
     results = list(extractor.run([as_input("a", *a), as_input("b", *b)]))  # batch 4: a's 3 + b's first
+    wall = time.perf_counter() - t0
+    spent = extractor.host_seconds  # what bench_features reports as host_fraction
+    assert set(spent) == {"reader", "to_device", "launch", "device_wait"} and spent["launch"] > 0
+    assert all(v >= 0 for v in spent.values()) and sum(spent.values()) <= wall
     assert [r.probe.video for r in results] == ["a", "b"]
     fa, fb = results[0].features, results[1].features
     assert fa["rgb"].shape == fa["flow"].shape == (3, 1024) and fb["rgb"].shape == (2, 1024)
