@@ -1,6 +1,6 @@
 """Crop and flow at once: the CPU crops the next videos while the GPU solves TV-L1 for the finished ones.
 
-``python -m pipeline.overlap --dataset NAME`` starts the crop stage's own command
+``python -m pipeline.overlap --dataset NAME`` (or ``m2es overlap``) starts the crop stage's own command
 (``python -m pipeline.crop``, its processes spread over the CPU cores) and, in this
 process, the flow stage's batched torch solver, which takes each faces file as soon as
 the crop stage has renamed it into place complete and with the digest the crop stage

@@ -88,6 +88,10 @@ def test_cli_dispatches_and_rejects_unknown(capsys) -> None:
     assert main(["bogus"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert main(["--help"]) == 0
+    assert "overlap" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # argparse of pipeline.overlap
+        main(["overlap", "--help"])
+    assert exc.value.code == 0 and "--dataset" in capsys.readouterr().out
 
 
 def test_to_source_frames_maps_onsets_and_offsets() -> None:
