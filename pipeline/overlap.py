@@ -9,6 +9,9 @@ write, with the same digests, so afterwards ``dvc repro`` runs both stage comman
 every video complete and skips it (their outputs are ``persist: true``), and records the
 stages as usual: this command fills DVC's outputs faster, it does not replace DVC.
 
+The crop processes run at a lower scheduling priority (``--crop-nice``, default 10): they
+fill the cores, and the flow process, which keeps the GPU fed, gets the CPU it needs first.
+
 Needs the ``resample`` outputs (``dvc repro resample@NAME``) and ``flow.impl`` resolving
 to ``torch`` (``auto`` on a GPU machine). A crop failure fails this command (exit 1)
 after the flow of every video that was cropped has been written; rerun it, or
@@ -18,6 +21,7 @@ after the flow of every video that was cropped has been written; rerun it, or
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -104,10 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``python -m pipeline.overlap --dataset NAME`` (the stages' common arguments)."""
     parser = stage_parser(STAGE)
     parser.description = __doc__.splitlines()[0]
+    parser.add_argument("--crop-nice", type=int, default=10,
+                        help="scheduling niceness of the crop stage's processes (default 10; 0: none)")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     command = [sys.executable, "-m", "pipeline.crop", "--dataset", args.dataset, "--params", args.params,
                "--data-root", args.data_root] + (["--fail-fast"] if args.fail_fast else [])
+    if args.crop_nice and shutil.which("nice"):
+        # the crop stage fills every core; at a lower priority it leaves the flow process (reading
+        # crops, driving the GPU, writing fields) the CPU it needs, and takes all the rest
+        command = ["nice", "-n", str(args.crop_nice)] + command
     try:
         ctx = make_context(STAGE, args.dataset, args.params, args.data_root, fail_fast=args.fail_fast)
         written = run(ctx, command)
