@@ -295,18 +295,24 @@ def test_stage_killed_at_a_random_point_resumes(project: Path, stage: str) -> No
     """SIGKILL the whole stage (driver and its worker processes) after k of the videos, then rerun."""
     k = random.Random(f"{KILL_SEED}:{stage}").randint(1, N_VIDEOS - 1)
     what = f"{stage} killed after {k} videos (M2ES_KILL_SEED={KILL_SEED})"
-    root = fresh_root(project, f"kill_{stage}", UPSTREAM[stage])
-    out = root / DS / OUT_DIR[stage]
-    proc = _start(project, stage, root)
-    try:
-        _wait_for_outputs(proc, out, k, what, str(root / f"{stage}.log"))
-        kill_group(proc.pid)
-        proc.wait(timeout=30)
-        wait_group_gone(proc.pid)
-    finally:
-        kill_group(proc.pid)
-    finished = snapshot(out)
-    assert k <= len(finished) < N_VIDEOS, f"{what}: {len(finished)} finished at the kill; the point was missed"
+    # Two worker processes finish videos in near-simultaneous pairs: with k = N - 1 the last video
+    # can land between the k-th output and the kill (seen once in CI). Such a run interrupted
+    # nothing, so it is drawn again on a fresh folder; only a kill mid-run is checked.
+    for attempt in range(3):
+        root = fresh_root(project, f"kill_{stage}_{attempt}", UPSTREAM[stage])
+        out = root / DS / OUT_DIR[stage]
+        proc = _start(project, stage, root)
+        try:
+            _wait_for_outputs(proc, out, k, what, str(root / f"{stage}.log"))
+            kill_group(proc.pid)
+            proc.wait(timeout=30)
+            wait_group_gone(proc.pid)
+        finally:
+            kill_group(proc.pid)
+        finished = snapshot(out)
+        if len(finished) < N_VIDEOS:
+            break
+    assert k <= len(finished) < N_VIDEOS, f"{what}: {len(finished)} finished at the kill in 3 tries"
     for name in finished:   # a file with the final name is always complete and right
         assert not h5_differences(out / name, project / "ref" / DS / OUT_DIR[stage] / name), what
 
