@@ -13,7 +13,7 @@ The crop processes run at a lower scheduling priority (``--crop-nice``, default 
 fill the cores, and the flow process, which keeps the GPU fed, gets the CPU it needs first.
 
 Needs the ``resample`` outputs (``dvc repro resample@NAME``) and ``flow.impl`` resolving
-to ``torch`` (``auto`` on a GPU machine). A crop failure fails this command (exit 1)
+to ``torch`` (``auto`` on a GPU machine). A crop failure fails this command (exit 2, as a failed stage does)
 after the flow of every video that was cropped has been written; rerun it, or
 ``dvc repro``, after fixing the input.
 """

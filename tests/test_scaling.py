@@ -568,6 +568,26 @@ def test_overlap_writes_what_the_stages_write_and_they_then_skip(project: Path) 
     assert refused.returncode == 2 and "flow.impl" in refused.stderr and "dvc repro" in refused.stderr
 
 
+def test_overlap_with_a_failing_video_keeps_the_others(project: Path) -> None:
+    """A video the crop stage cannot read fails the command (exit 2, naming it) after the other videos'
+    faces and flow are written."""
+    params = write_flow_params(project, "params_overlap.yaml", impl="torch", device="cpu")
+    root = fresh_root(project, "overlap_bad")
+    table = root / DS / "resample" / "frames.csv"
+    frames = pd.read_csv(table, dtype=str, keep_default_na=False)
+    bad = sorted(frames["video"].unique())[1]
+    frames.loc[frames["video"] == bad, "path"] = frames.loc[frames["video"] == bad, "path"] + ".missing"
+    frames.to_csv(table, index=False)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.overlap", "--dataset", DS, "--params", params,
+                           "--data-root", str(root)], cwd=project, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert bad in proc.stderr and ".missing" in proc.stderr and "crop stage exited" in proc.stderr
+    good = sorted(f"{v}.h5" for v in frames["video"].unique() if v != bad)
+    assert h5_files(root / DS / "faces") == good and h5_files(root / DS / "flow") == good
+    assert partials(root / DS / "flow") == []
+
+
 def test_streamed_flow_solves_while_the_next_video_is_still_coming(project: Path) -> None:
     """With a streaming feed, run_torch solves and writes a video while the next has not arrived: the feed
     below hands over the second video only once the first one's flow file is complete (else it times out)."""
