@@ -17,7 +17,9 @@ written to ``--out`` after every stage, so a run cut short keeps what it measure
   thread every ``--interval`` s: mean and max utilisation, the peak device memory in use
   above the level before the stage (all processes on the card), and the peak memory of
   the stage's own processes where NVML lists them;
-* the extrapolated time for CAS(ME)^2 and SAMM-LV scale, with the rule used.
+* the extrapolated time for CAS(ME)^2 and SAMM-LV scale, with the rule used, and the GB of
+  crops and flow at that scale; with ``--no-dvc`` also what DVC's hashing and caching of
+  them would add (``--dvc-s-per-gb``, from ``bench_dvc_cache.py``) as ``total_with_dvc_s``.
 
 ``--overlap`` runs ``python -m pipeline.overlap`` before the crop stage: the crop stage's
 processes crop on the CPU while this process solves TV-L1 on the GPU for every faces file
@@ -320,8 +322,10 @@ def work_done(project: Path, dataset: str, stride: int) -> dict[str, Any]:
         out["_per_subject_frames"] = {str(k): int(x) for k, x in per_subject.items()}
     if (base / "faces").is_dir():
         out["crop_frames"] = _h5_rows(base / "faces", "frames")
+        out["faces_bytes"] = sum(p.stat().st_size for p in (base / "faces").glob("*.h5"))
     if (base / "flow").is_dir():
         out["flow_pairs"] = _h5_rows(base / "flow", "flow")
+        out["flow_bytes"] = sum(p.stat().st_size for p in (base / "flow").glob("*.h5"))
     if (base / "features").is_dir():
         out["feature_clips_per_stream"] = _h5_rows(base / "features", "rgb")
         out["features_stride"] = stride
@@ -357,8 +361,12 @@ def target_units(target: dict[str, Any], stride: int) -> dict[str, float]:
 
 
 def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride: int,
-                layout: str, size: list[int]) -> dict[str, Any]:
-    """Extrapolated seconds per stage and in total for CAS(ME)^2 and SAMM-LV."""
+                layout: str, size: list[int], dvc_s_per_gb: float | None = None) -> dict[str, Any]:
+    """Extrapolated seconds per stage and in total for CAS(ME)^2 and SAMM-LV.
+
+    With ``dvc_s_per_gb`` (runs without DVC), also the bytes of crops and flow at the target's
+    scale and what DVC's hashing and caching of them would add (``total_with_dvc_s``).
+    """
     out: dict[str, Any] = {"rule": EXTRAPOLATION_RULE}
     for name, target in TARGETS.items():
         units = target_units(target, stride)
@@ -381,6 +389,14 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
                      "total_h": round(total / 3600, 2) if done else None,
                      "comparable": {"crop_ingest_resolution": layout == target["layout"]
                                     and list(size) == target["source_size"]}}
+        per_unit = [work[b] / work[u] for b, u in (("faces_bytes", "crop_frames"), ("flow_bytes", "flow_pairs"))
+                    if work.get(u)]
+        if per_unit:
+            gb = sum(per_unit) * units["crop"] / 1e9
+            out[name]["crop_flow_output_gb"] = round(gb, 1)
+            if dvc_s_per_gb is not None:
+                out[name]["dvc_hash_cache_s"] = round(gb * dvc_s_per_gb, 1)
+                out[name]["total_with_dvc_s"] = round(total + gb * dvc_s_per_gb, 1) if done else None
     return out
 
 
@@ -495,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra params.yaml settings, e.g. train.fold_workers=2 or features.precision=bf16")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES)
     ap.add_argument("--no-dvc", action="store_true", help="run python -m pipeline.<stage> instead of dvc repro")
+    ap.add_argument("--dvc-s-per-gb", type=float, default=2.0,
+                    help="with --no-dvc: DVC's hashing and caching seconds per GB of output, added to the "
+                         "extrapolation as total_with_dvc_s (default 2.0: benchmarks/bench_dvc_cache.py measured "
+                         "1.6-2.3 on the 2-core machine)")
     ap.add_argument("--overlap", action="store_true",
                     help="before the crop stage, run python -m pipeline.overlap (crop on the CPU while the GPU "
                          "solves TV-L1 on the crops already written); the crop and flow stages then find their "
@@ -575,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     result["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     result["total_wall_s_without_synth"] = round(sum(r["wall_s"] for s, r in result["stages"].items()
                                                      if s != "synth"), 1)
-    result["extrapolated"] = extrapolate(result["stages"], work, stride, args.layout, size)
+    result["extrapolated"] = extrapolate(result["stages"], work, stride, args.layout, size,
+                                         args.dvc_s_per_gb if args.no_dvc else None)
     dump()
     print(json.dumps(result, indent=2, default=str))
     ok = all(r["rc"] == 0 for r in result["stages"].values())
