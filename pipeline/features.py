@@ -585,11 +585,15 @@ class FeatureExtractor:
                     else:
                         t = clock()
                         try:
-                            active.append(self._to_device(item))
+                            prepared: _Active | Failed = self._to_device(item)
                         except torch.OutOfMemoryError as exc:
-                            yield Failed(item.probe.video, f"out of device memory preparing it ({exc}); "
-                                                           "lower features.batch_size or run on a larger card")
+                            prepared = Failed(item.probe.video, f"out of device memory preparing it ({exc}); "
+                                                                "lower features.batch_size or run on a larger card")
                         spent["to_device"] += clock() - t
+                        if isinstance(prepared, Failed):
+                            yield prepared
+                        else:
+                            active.append(prepared)
                 segments, rows = [], 0
                 for a in active:
                     if rows >= B:

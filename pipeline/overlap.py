@@ -30,7 +30,7 @@ from typing import Iterator, Mapping, Sequence
 
 from . import crop, flow
 from .errors import ConfigError, M2esError, StageFailed
-from .h5io import file_digest, is_complete, remove_partials
+from .h5io import file_digest, remove_partials
 from .runner import TaskFeed, VideoTask
 from .stage import EXIT_USER_ERROR, StageContext, make_context, setup_logging, stage_parser
 from .tables import read_frames, read_videos
@@ -73,7 +73,7 @@ def flow_feed(ctx: StageContext, plan: flow.FlowPlan, faces: Iterator[Path]) -> 
     """The flow tasks of the faces files as they come, without those already complete."""
     for path in faces:
         task = flow.build_task(ctx, plan, path)
-        if task is not None and not (task.output is not None and is_complete(task.output, task.digest)):
+        if task is not None and not task.is_done():
             yield task
 
 

@@ -49,6 +49,10 @@ class VideoTask:
     digest: str
     payload: dict[str, Any] = field(default_factory=dict)
 
+    def is_done(self) -> bool:
+        """True when the output exists, complete, with this task's digest (never for ``output`` None)."""
+        return self.output is not None and is_complete(self.output, self.digest)
+
 
 @dataclass
 class ParallelConfig:
@@ -91,7 +95,6 @@ class TaskFeed:
         self._queue: queue.Queue = queue.Queue()
         for task in ready:
             self._queue.put(task)
-        self.streaming = source is not None
         if source is None:
             self._queue.put(_END)
         else:
@@ -127,7 +130,7 @@ def pending(tasks: Iterable[VideoTask]) -> tuple[list[VideoTask], list[VideoTask
     """Split tasks into (to run, already complete with the same digest)."""
     todo, done = [], []
     for task in tasks:
-        if task.output is not None and is_complete(task.output, task.digest):
+        if task.is_done():
             done.append(task)
         else:
             todo.append(task)
@@ -161,7 +164,7 @@ def _guarded(func: Callable[[VideoTask], Any], task: VideoTask) -> tuple[str, bo
     worker that died before their results were collected, and those videos must not be
     rewritten.
     """
-    if task.output is not None and is_complete(task.output, task.digest):
+    if task.is_done():
         return task.video, True, ALREADY_COMPLETE
     try:
         return task.video, True, func(task)
