@@ -45,7 +45,7 @@ from .decode import BadFrameError, FrameSource, choose_reduction, open_source
 from .errors import ConfigError, InputError, NoFaceFound
 from .faces import Detection, FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
 from .h5chunks import CODECS, ChunkCodec
-from .h5io import atomic_h5, remove_partials, remove_stale, write_attrs
+from .h5io import EarlyWriteback, atomic_h5, remove_partials, remove_stale, write_attrs
 from .params import check_keys, digest
 from .runner import VideoTask, map_videos
 from .stage import StageContext, stage_main
@@ -190,10 +190,12 @@ def resize_filter(side: int, size: int, interpolation: str) -> int:
 
 
 def crop_frame(frame: np.ndarray, box: np.ndarray, size: int, pad: str = "constant",
-               interpolation: str = "auto") -> np.ndarray:
+               interpolation: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
     """Cut ``box`` [x0, y0, x1, y1) out of ``frame``, padding where it leaves the frame; resize to size x size.
 
     Returns uint8 [size, size, C] (C = 1 for a 2-D frame); ``interpolation`` as in :func:`resize_filter`.
+    ``out`` (a C-contiguous [size, size, C] uint8 array, e.g. one frame of a storage chunk)
+    receives the crop instead of a new array, which saves an allocation and a copy per frame.
     """
     h, w = frame.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in box)
@@ -206,12 +208,19 @@ def crop_frame(frame: np.ndarray, box: np.ndarray, size: int, pad: str = "consta
     if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
         patch = cv2.copyMakeBorder(np.ascontiguousarray(patch), cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1,
                                    _BORDER[pad], value=0)
+    channels = 1 if patch.ndim == 2 else patch.shape[2]
+    if out is None:
+        out = np.empty((size, size, channels), dtype=np.uint8)
+    elif out.shape != (size, size, channels) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous uint8 array of shape {(size, size, channels)}, "
+                         f"got {out.dtype} {out.shape}")
+    target = out[:, :, 0] if patch.ndim == 2 else out  # OpenCV writes 2-D images into a 2-D view
     ph, pw = patch.shape[:2]
     if (ph, pw) != (size, size):
-        patch = cv2.resize(patch, (size, size), interpolation=resize_filter(min(ph, pw), size, interpolation))
-    if patch.ndim == 2:
-        patch = patch[:, :, None]
-    return np.ascontiguousarray(patch)
+        cv2.resize(patch, (size, size), dst=target, interpolation=resize_filter(min(ph, pw), size, interpolation))
+    else:
+        target[...] = patch
+    return out
 
 
 # --------------------------------------------------------------------------------- detection
@@ -295,7 +304,8 @@ class _FrameWriter:
 
     Blosc and gzip chunks are compressed by :meth:`encode`, which releases the GIL and so
     runs in the decode threads, and stored with HDF5's direct chunk write (no filter runs
-    in h5py); ``lzf`` and ``none`` go through h5py's own write.
+    in h5py); ``lzf`` and ``none`` go through h5py's own write. The disk writes start as
+    the chunks come (:class:`~pipeline.h5io.EarlyWriteback`), not all at the final fsync.
     """
 
     def __init__(self, f, n: int, size: int, channels: int, p: CropParams):
@@ -304,6 +314,7 @@ class _FrameWriter:
         self.dset = f.create_dataset("frames", shape=(n, size, size, channels), dtype=np.uint8,
                                      chunks=(self.chunk, size, size, channels), track_times=False,
                                      **self.codec.dataset_options())
+        self.writeback = EarlyWriteback(f)
 
     def encode(self, crops: np.ndarray) -> bytes | None:
         """The stored bytes of one chunk's crops (None for codecs h5py applies itself); thread-safe."""
@@ -318,9 +329,12 @@ class _FrameWriter:
     def write(self, start: int, crops: np.ndarray, encoded: bytes | None = None) -> None:
         """Store the chunk that begins at frame ``start`` (``encoded``: :meth:`encode`'s result, if known)."""
         if self.codec.threaded:
-            self.dset.id.write_direct_chunk((start, 0, 0, 0), encoded if encoded is not None else self.encode(crops))
+            encoded = encoded if encoded is not None else self.encode(crops)
+            self.dset.id.write_direct_chunk((start, 0, 0, 0), encoded)
+            self.writeback.wrote(len(encoded))
         else:
             self.dset[start:start + len(crops)] = crops
+            self.writeback.wrote(crops.nbytes)
 
 
 @dataclass
@@ -381,7 +395,7 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
                 bad.append((i, frame))
                 continue
             box, m = frame_box(int_boxes[pos], ref.shape, frame.shape, reduce)
-            crops[i] = crop_frame(frame, box, p.size, p.pad, p.interpolation)
+            crop_frame(frame, box, p.size, p.pad, p.interpolation, out=crops[i])
             mixed += int(m)
         return _Chunk(crops, bad, mixed, None if bad else writer.encode(crops))
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, InputError, M2esError, StageFailed
 from .h5chunks import decode_threads, read_dataset
-from .h5io import COMPLETE_ATTR, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
+from .h5io import COMPLETE_ATTR, EarlyWriteback, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
 from .params import digest
 from .runner import NOT_YET, TaskFeed, VideoTask, map_videos, pending
 from .stage import StageContext, stage_main
@@ -193,11 +193,13 @@ class FlowWriter(AbstractContextManager):
         self.dset = self._f.create_dataset("flow", shape=(n_pairs, *hw, 2), dtype=np.float16,
                                            chunks=(1, *hw, 2), **opts)
         write_attrs(self._f, {"video": task.video, "n_pairs": n_pairs, **attrs})
+        self.writeback = EarlyWriteback(self._f)  # disk writes as slices come, not all at the final fsync
         self.closed = False
 
     def write(self, start: int, flow16: np.ndarray) -> bool:
         """Store pairs ``start..start+len``; commit the file when all are in. True when done."""
         self.dset[start:start + len(flow16)] = flow16
+        self.writeback.wrote(flow16.nbytes)
         self.remaining -= len(flow16)
         if self.remaining == 0:
             self.close()

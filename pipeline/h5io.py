@@ -13,11 +13,15 @@ module that opens the project's files through here can decode them.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import json
+import logging
 import os
 import uuid
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -26,6 +30,8 @@ import hdf5plugin  # noqa: F401  (registers the Blosc, LZ4, Zstd... filters with
 import numpy as np
 
 from .errors import M2esError
+
+log = logging.getLogger(__name__)
 
 DIGEST_ATTR = "m2es_digest"
 PARAMS_ATTR = "m2es_params"
@@ -100,6 +106,66 @@ def atomic_h5(path: str | Path, digest: str, params: Mapping[str, Any] | None = 
             raise M2esError(f"{path}: the disk is full ({exc.strerror or exc}). Nothing was written under "
                             "this name; free space (or point data/ elsewhere) and rerun to resume.") from exc
         raise
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
+WRITEBACK_BYTES = 32 << 20  # default bytes written between two writeback starts
+
+
+@lru_cache(maxsize=1)
+def _sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    name = ctypes.util.find_library("c")
+    try:
+        func = ctypes.CDLL(name, use_errno=True).sync_file_range
+    except (OSError, AttributeError, TypeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+class EarlyWriteback:
+    """Starts the kernel writing an HDF5 file's data to disk while the file is still being written.
+
+    Call :meth:`wrote` after each write with its size; every ``every`` bytes it asks Linux
+    to begin writing back the file's dirty pages (``sync_file_range`` with
+    ``SYNC_FILE_RANGE_WRITE``, which queues the pages and returns at once). The fsync that
+    :func:`atomic_h5` makes before its rename then finds little left, instead of waiting
+    for the whole file (0.13 s for a 390 MB faces file on this project's CPU machine,
+    time in which the video's cores do nothing). Durability still comes from that fsync;
+    this only moves the disk work earlier. A no-op where the call or the file's descriptor
+    is not available (other OSes, HDF5 drivers without one).
+    """
+
+    def __init__(self, f: h5py.File, every: int = WRITEBACK_BYTES):
+        self.every = int(every)
+        self.pending = 0
+        self.calls = 0
+        self._func = _sync_file_range()
+        self._fd: int | None = None
+        if self._func is not None:
+            try:
+                self._fd = int(f.id.get_vfd_handle())
+            except (AttributeError, TypeError, ValueError, RuntimeError, OSError):
+                self._fd = None
+
+    @property
+    def active(self) -> bool:
+        """True when writeback can be started on this file."""
+        return self._fd is not None
+
+    def wrote(self, nbytes: int) -> None:
+        """Count ``nbytes`` just written; start a writeback once ``every`` bytes have accumulated."""
+        self.pending += int(nbytes)
+        if self.pending < self.every or self._fd is None:
+            return
+        self.pending = 0
+        if self._func(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:  # errors are the final fsync's to report
+            log.debug("sync_file_range failed (errno %d); writeback left to the final fsync", ctypes.get_errno())
+            self._fd = None
+        else:
+            self.calls += 1
 
 
 def _is_disk_full(exc: OSError) -> bool:

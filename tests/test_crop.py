@@ -313,6 +313,22 @@ def test_auto_resize_filter_is_bilinear_below_2x_and_area_from_2x() -> None:
     assert not np.array_equal(auto, crop_frame(frame, box, 224, interpolation="area"))
 
 
+@pytest.mark.parametrize("color", [True, False])
+def test_crop_into_a_chunk_buffer_equals_a_new_crop(color: bool) -> None:
+    frame = render(noise=3)
+    frame = frame if color else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    channels = 3 if color else 1
+    for box in ([150, 80, 470, 400], [-40, -30, 200, 210], [10, 10, 234, 234], [500, 300, 700, 500]):
+        expected = crop_frame(frame, np.array(box), 224)
+        chunk = np.zeros((3, 224, 224, channels), np.uint8)
+        got = crop_frame(frame, np.array(box), 224, out=chunk[1])
+        assert np.shares_memory(got, chunk)
+        assert np.array_equal(chunk[1], expected), box
+        assert not chunk[0].any() and not chunk[2].any()  # nothing written beside the target frame
+    with pytest.raises(ValueError, match="out must be"):
+        crop_frame(frame, np.array([150, 80, 470, 400]), 224, out=np.zeros((224, 224, 4 - channels), np.uint8))
+
+
 def test_no_face_names_video_and_frames_tried(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     paths = write_frames(tmp_path / "raw" / "empty", [rng.integers(0, 255, (240, 320, 3), np.uint8)

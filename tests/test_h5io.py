@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.h5io import (COMPLETE_ATTR, DIGEST_ATTR, atomic_h5, file_digest, is_complete, read_attr_json,
-                           remove_partials, remove_stale, write_attrs)
+from pipeline.h5io import (COMPLETE_ATTR, DIGEST_ATTR, EarlyWriteback, atomic_h5, file_digest, is_complete,
+                           read_attr_json, remove_partials, remove_stale, write_attrs)
 from pipeline.runner import VideoTask, pending
 
 
@@ -121,3 +121,28 @@ def test_remove_stale_keeps_listed_videos_only(tmp_path):
     assert remove_stale(tmp_path, {"a", "c"}) == ["b.h5"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "c.h5", "notes.txt"]
     assert remove_stale(tmp_path / "missing", {"a"}) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_early_writeback_starts_every_n_bytes_and_changes_nothing(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, (12, 256, 256), np.uint8)  # 12 x 64 KiB
+    with atomic_h5(tmp_path / "v.h5", "d1") as f:
+        dset = f.create_dataset("x", shape=data.shape, dtype=np.uint8, chunks=(1, 256, 256))
+        wb = EarlyWriteback(f, every=4 * 65536)
+        assert wb.active
+        for i in range(len(data)):
+            dset[i] = data[i]
+            wb.wrote(data[i].nbytes)
+        # a real descriptor: each start succeeded (a wrong one fails the call and turns it off)
+        assert wb.calls == 3 and wb.active and wb.pending == 0
+    with h5py.File(tmp_path / "v.h5") as f:
+        assert np.array_equal(f["x"][()], data)
+    assert is_complete(tmp_path / "v.h5", "d1")
+
+
+def test_early_writeback_is_off_without_a_file_descriptor(tmp_path):
+    with h5py.File(tmp_path / "mem.h5", "w", driver="core", backing_store=False) as f:
+        wb = EarlyWriteback(f, every=1)
+        f["x"] = np.arange(10)
+        wb.wrote(80)
+        assert wb.calls == 0
