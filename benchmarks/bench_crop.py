@@ -1,8 +1,7 @@
 """Throughput of the crop stage against decoding alone, on real-size frame folders.
 
-Renders two frame folders like the datasets' (CAS(ME)^2: 640x480 colour JPEG, face
-about 240 px; SAMM-LV: 2040x1088 grayscale JPEG, face about 560 px, with sensor noise),
-then measures, in frames per second of one video:
+Writes two frame folders like the datasets' (CAS(ME)^2: 640x480 colour JPEG; SAMM-LV:
+2040x1088 grayscale JPEG), then measures, in frames per second of one video:
 
 * ``decode``: every frame decoded at full size with the same thread count (what any
   pipeline has to do at least);
@@ -11,6 +10,13 @@ then measures, in frames per second of one video:
   ``crop.compression`` (blosc-lz4, the default, blosc-zstd, lzf, gzip, none), with the
   file's bytes per frame, under the default ``crop.interpolation`` (auto);
 * ``stage_<compression>_area``: the default compression with ``interpolation: area``.
+
+``--source synth`` (the default) renders the frames with the project's synthetic generator
+(:func:`pipeline.synth.generate`, ``params.yaml: synth`` at the dataset's size, colour and
+layout, one subject, one video at 30 fps: face width 50-60% of the frame height, JPEG
+quality 90, sensor noise sigma 2); ``--source noise`` renders a drifting astronaut
+portrait with noise sigma 3 at JPEG quality 95 (face about 240 / 560 px), which makes the
+JPEGs larger and slower to decode and the crops harder to compress.
 
 Each stage run is paired with a decode-alone run just before it; ``*_vs_decode`` is the
 median of those pairs' ratios (each pair's in ``*_vs_decode_runs``), ``*_fps`` the best run.
@@ -21,7 +27,7 @@ videos at 200 fps ~ 3,340, of which the 30 fps resampling keeps ~500. The per-vi
 (reference detection ~45 ms, fsync) weigh on short videos: ``--frames 200`` shows them.
 
 Prints one JSON object (machine, versions, figures). Not part of pytest; no assertion.
-Usage: ``python benchmarks/bench_crop.py [--frames N] [--threads 2] [--size 224]``.
+Usage: ``python benchmarks/bench_crop.py [--source synth|noise] [--frames N] [--threads 2] [--size 224]``.
 """
 
 from __future__ import annotations
@@ -42,15 +48,33 @@ from skimage import data
 from pipeline.crop import CropParams, crop_video, make_finder
 from pipeline.decode import ImageFolderSource
 from pipeline.h5chunks import CODECS
-from pipeline.params import digest
-from pipeline.runner import VideoTask
+from pipeline.params import deep_merge, digest, load_params
+from pipeline.runner import ParallelConfig, VideoTask
+from pipeline.synth import generate
 
 SCENARIOS = {
     "casme2_640x480_color": {"shape": (480, 640), "scale": 2.6, "offset": (-160, -150), "color": True,
-                             "frames": 2600},
+                             "frames": 2600, "layout": "casme2"},
     "samm_2040x1088_gray": {"shape": (1088, 2040), "scale": 6.0, "offset": (-300, -300), "color": False,
-                            "frames": 500},
+                            "frames": 500, "layout": "samm"},
 }
+SYNTH_FPS = 30.0  # the frames the crop stage sees (SAMM-LV's 200 fps are resampled to 30 before it)
+
+
+def synth_folder(folder: Path, n: int, shape: tuple[int, int], color: bool, layout: str,
+                 seed: int = 0) -> list[str]:
+    """Render one ``n``-frame video with the project's synthetic generator; return its frame paths in order."""
+    p = deep_merge(load_params()["synth"], {
+        "size": [shape[1], shape[0]], "color": color, "seed": seed, "fps": SYNTH_FPS, "n_subjects": 1,
+        "videos_per_subject": 1, "duration_s": n / SYNTH_FPS})
+    dataset = {"name": f"bench_{layout}", "layout": layout, "frames_dir": "frames", "source_fps": SYNTH_FPS,
+               "color": color}
+    (spec,) = generate(p, dataset, folder, ParallelConfig(backend="sequential"))
+    video_dir = folder / spec.rel_path
+    paths = sorted(video_dir.glob("*.jpg"), key=lambda q: int(q.stem.rsplit("_", 1)[-1]))
+    if len(paths) != n:
+        raise RuntimeError(f"{video_dir}: the generator wrote {len(paths)} frames, expected {n}")
+    return [str(q) for q in paths]
 
 
 def render_folder(folder: Path, n: int, shape: tuple[int, int], scale: float, offset: tuple[int, int],
@@ -118,6 +142,8 @@ def machine() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", choices=("synth", "noise"), default="synth",
+                    help="synth: the project's synthetic generator; noise: a noisy astronaut portrait")
     ap.add_argument("--frames", type=int, default=None, help="frames per video (default: the dataset's mean)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
@@ -127,13 +153,20 @@ def main() -> None:
     t0 = time.perf_counter()
     make_finder(base)
     load_s = time.perf_counter() - t0
-    figures: dict = {"model_load_s_once_per_process": round(load_s, 3),
+    figures: dict = {"source": args.source, "model_load_s_once_per_process": round(load_s, 3),
                      "load_avg_1min_before": round(os.getloadavg()[0], 2)}  # other jobs on the machine
     with tempfile.TemporaryDirectory() as tmp:
         for name, sc in SCENARIOS.items():
             frames = args.frames or sc["frames"]
-            paths = render_folder(Path(tmp) / name, frames, sc["shape"], sc["scale"], sc["offset"], sc["color"])
-            fig: dict = {"frames": frames, "threads": args.threads, "size": args.size}
+            if args.source == "synth":
+                t_render = time.perf_counter()
+                paths = synth_folder(Path(tmp) / name, frames, sc["shape"], sc["color"], sc["layout"])
+                render_s = round(time.perf_counter() - t_render, 1)
+            else:
+                paths = render_folder(Path(tmp) / name, frames, sc["shape"], sc["scale"], sc["offset"], sc["color"])
+                render_s = None
+            fig: dict = {"frames": frames, "threads": args.threads, "size": args.size, "render_s": render_s,
+                         "jpeg_bytes_per_frame": round(sum(os.path.getsize(q) for q in paths) / len(paths))}
             variants = {comp: {"compression": comp} for comp in CODECS}
             variants[f"{base.compression}_area"] = {"interpolation": "area"}
             decodes: list[float] = []
