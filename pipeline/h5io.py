@@ -135,7 +135,7 @@ class EarlyWriteback:
     for the whole file (0.13 s for a 390 MB faces file on this project's CPU machine,
     time in which the video's cores do nothing). Durability still comes from that fsync;
     this only moves the disk work earlier. A no-op where the call or the file's descriptor
-    is not available (other OSes, HDF5 drivers without one).
+    is not available (other OSes, HDF5 drivers other than the default ``sec2``).
     """
 
     def __init__(self, f: h5py.File, every: int = WRITEBACK_BYTES):
@@ -144,11 +144,12 @@ class EarlyWriteback:
         self.calls = 0
         self._func = _sync_file_range()
         self._fd: int | None = None
-        if self._func is not None:
+        if self._func is not None and f.driver == "sec2":  # HDF5's default POSIX driver: the handle is an fd
             try:
-                self._fd = int(f.id.get_vfd_handle())
+                fd = int(f.id.get_vfd_handle())
             except (AttributeError, TypeError, ValueError, RuntimeError, OSError):
-                self._fd = None
+                fd = -1
+            self._fd = fd if fd >= 0 else None
 
     @property
     def active(self) -> bool:

@@ -143,6 +143,7 @@ def test_early_writeback_starts_every_n_bytes_and_changes_nothing(tmp_path):
 def test_early_writeback_is_off_without_a_file_descriptor(tmp_path):
     with h5py.File(tmp_path / "mem.h5", "w", driver="core", backing_store=False) as f:
         wb = EarlyWriteback(f, every=1)
+        assert not wb.active
         f["x"] = np.arange(10)
         wb.wrote(80)
         assert wb.calls == 0
