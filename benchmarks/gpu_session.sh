@@ -3,20 +3,24 @@
 # GPU-marked tests and the GPU benchmarks, write everything to $OUT.
 # Each step has its own time limit so one slow step cannot starve the others.
 #
-#   STEPS="flow tests features profile" bash benchmarks/gpu_session.sh   # benchmarks (carry .whl, .m68a)
-#   STEPS="e2e" WHEELS=.whl2 bash benchmarks/gpu_session.sh           # end to end, right after (carry .whl2, .m68b)
-#   STEPS="e2e_overlap" ...                                            # the same with crop and flow at once
+#   STEPS="features_compile tests" bash benchmarks/gpu_session.sh       # carry .whl, .m68a
+#   STEPS="e2e_overlap" WHEELS=".whl2 .whl3" bash benchmarks/gpu_session.sh  # right after; carry .whl2, .whl3, .m68b
+#   STEPS="flow" WHEELS=".whl .whl_cv" ...                              # the OpenCV TV-L1 baseline too (carry .whl_cv)
 #
-# Wheels: WHEELS (folders, default .whl) hold what the machine lacks: opencv-contrib-python-headless
-# for the OpenCV TV-L1 baseline, hdf5plugin (trimmed to its Blosc filter) and blosc for the
-# crop files; dlib-bin and openpyxl for the end-to-end run. The dlib 68-point landmark model
-# (100 MB; 63 MB as xz) does not fit in one call beside the OpenCV wheel, so it travels in
-# two pieces: .m68a/ with the benchmark call, which copies it to /tmp/m68p (outside the
-# repository: ignored paths that a later call does not carry are removed, /tmp stays while
-# the machine is warm), and .m68b/ with the end-to-end call right after. Packages the first
-# call installed into /tmp/site (hdf5plugin, blosc) stay there for the second. dvclive (and
-# so DVC) is not on the machine: the end-to-end step runs synth to features; train is
-# measured by the train step (bench_train.py).
+# Wheels: WHEELS (folders, default .whl) hold what the machine lacks, as cp312 manylinux
+# wheels, in ignored folders (.git/info/exclude): .whl: hdf5plugin (trimmed to its Blosc
+# filter) and blosc, for the crop files (6 MB); .whl_cv: opencv-contrib-python-headless for
+# the OpenCV TV-L1 baseline (56 MB); .whl2: dlib-bin and openpyxl (4 MB); .whl3: dvc 3.67.1,
+# dvclive 3.49.1 and the 21 small packages of theirs that the machine lacks (2.8 MB: found
+# by running `dvc repro` and dvclive with nothing but the machine's package list beside
+# them). With .whl3 the train and evaluate stages run, and the end-to-end step goes through
+# `dvc repro` when git is on the machine (else `--no-dvc`). The dlib 68-point landmark
+# model (100 MB; 63 MB as xz) does not fit in one call beside the rest (64 MiB a call), so
+# it travels in two pieces: .m68a/ (40 MB) with the first call, which copies it to
+# /tmp/m68p (outside the repository: ignored paths that a later call does not carry are
+# removed, /tmp stays while the machine is warm), and .m68b/ (23 MB) with the end-to-end
+# call right after. Packages the first call installed into /tmp/site (hdf5plugin, blosc)
+# stay there for the second.
 set -u
 OUT=${OUT:-/tmp/m2es_gpu_out}
 mkdir -p "$OUT"
@@ -68,8 +72,18 @@ for s in $STEPS; do
          ln -sf /tmp/m68/shape_predictor_68_face_landmarks.dat /tmp/site/face_recognition_models/models/
          export PYTHONPATH="/tmp/site:${PYTHONPATH}"
          extra=""; [ "$s" = e2e_overlap ] && extra="--overlap"
+         # train and evaluate need dvclive (.whl3); dvc repro also needs git for the project's sandbox
+         stages="synth ingest resample crop flow features"
+         python3 -c "import dvclive" 2>/dev/null && stages="$stages train evaluate"
+         { command -v git >/dev/null && python3 -c "import dvc.repo, dvclive" 2>/dev/null; } || extra="$extra --no-dvc"
+         # dvc.yaml's commands say `python`: make it this python3 (the one with torch) if it is not
+         if ! python -c "import torch" 2>/dev/null; then
+           mkdir -p /tmp/pyshim && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/pyshim/python
+           chmod +x /tmp/pyshim/python && export PATH="/tmp/pyshim:$PATH"
+         fi
+         echo "$s: stages [$stages], options [$extra]" | tee -a "$OUT/steps.txt"
          step "$s" "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
-           --duration-s 40 --recipe full --no-dvc --stages synth ingest resample crop flow features \
+           --duration-s 40 --recipe full --stages $stages \
            --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json" ;;
   esac
 done
