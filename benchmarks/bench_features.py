@@ -19,7 +19,9 @@ path (minimum per-clip cosine similarity) on the same video; the reader's frames
 ``host_fraction``: the share of each end-to-end pass the host thread spent waiting for the
 reader, moving and preparing videos (``to_device``), enqueuing batches (``launch``) and
 waiting for the device's results (``device_wait``), which says whether the gap to the
-model-only rate is the reader, the host or the device's own preparation work.
+model-only rate is the reader, the host or the device's own preparation work; with
+``--diagnose`` each single stream also runs from videos already in host memory (no reader)
+and with 1 and 3 batches in flight (``features.inflight``, default 2).
 JSON goes to stdout and to ``--out``. ``--quick`` keeps the whole run under ~3 minutes.
 
 ``--reader-only`` measures only the host-side reader (no model): frames/s (each frame
@@ -42,6 +44,7 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, VideoFeatures,  # noqa: E402
-                               clip_count, probe_video, reader_pool)
+                               VideoInput, clip_count, probe_video, read_video, reader_pool)
 from pipeline.crop import CropParams  # noqa: E402
 from pipeline.flow import FlowConfig  # noqa: E402
 from benchmarks.jsonout import emit  # noqa: E402
@@ -146,19 +149,46 @@ def make_config(path: str, args: argparse.Namespace) -> FeatureConfig:
                                       "read_workers": args.read_workers})
 
 
-def run_stream_set(extractor: FeatureExtractor, probes: list, pin: bool, workers: int, pool: Any) -> tuple[int, float]:
-    """Clips per stream and seconds for one end-to-end pass over ``probes``."""
+def run_stream_set(extractor: FeatureExtractor, probes: list, pin: bool, workers: int, pool: Any,
+                   resident: list[VideoInput] | None = None) -> tuple[int, float]:
+    """Clips per stream and seconds for one end-to-end pass over ``probes`` (or over ``resident``
+    videos already in host memory, which leaves the reader out)."""
     clips = 0
     sync = torch.cuda.synchronize if extractor.device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
-    with PrefetchReader(probes, prefetch=4, workers=workers, pin=pin, pool=pool) as reader:
-        for result in extractor.run(reader):
+    with ExitStack() as stack:
+        inputs = resident if resident is not None else stack.enter_context(
+            PrefetchReader(probes, prefetch=4, workers=workers, pin=pin, pool=pool))
+        for result in extractor.run(inputs):
             if not isinstance(result, VideoFeatures):
                 raise RuntimeError(f"{result.video}: {result.reason}")
             clips += next(iter(result.features.values())).shape[0]
     sync()
     return clips, time.perf_counter() - start
+
+
+def diagnose(extractor: FeatureExtractor, probes: list, pin: bool, workers: int, pool: Any,
+             reps: int) -> dict[str, Any]:
+    """Where an end-to-end pass loses time against the model alone, by changing one thing at a time.
+
+    * ``resident``: the same videos read once into (page-locked) host memory before the
+      pass, so the reader thread and its chunk threads are out of the loop;
+    * ``inflight_<n>``: the pass with ``n`` batches queued on the device instead of the
+      configured number.
+    """
+    out: dict[str, Any] = {}
+    items = [read_video(p, pin=pin) for p in probes]
+    clips, secs = run_stream_set(extractor, [], pin, workers, pool, resident=items * reps)
+    out["resident"] = {"clips_per_s": round(clips / secs, 1),
+                       "host_fraction": {k: round(v / secs, 3) for k, v in extractor.host_seconds.items()}}
+    for depth in sorted({1, 3} - {extractor.cfg.inflight}):
+        other = extractor.with_options(inflight=depth)
+        clips, secs = run_stream_set(other, probes * reps, pin, workers, pool)
+        out[f"inflight_{depth}"] = {"clips_per_s": round(clips / secs, 1),
+                                    "host_fraction": {k: round(v / secs, 3) for k, v in other.host_seconds.items()}}
+    log.info("%s diagnosis: %s", "+".join(extractor.streams), json.dumps(out))
+    return out
 
 
 def model_only(extractor: FeatureExtractor, stream: str, batch: int, reps: int) -> float:
@@ -209,6 +239,8 @@ def bench_path(path: str, args: argparse.Namespace, inputs: list[tuple], peak: f
                  "host_fraction": {k: round(v / secs, 3) for k, v in extractor.host_seconds.items()}}
         if peak:
             entry["bf16_peak_fraction"] = round(rate * gflop * len(streams) / 1e3 / peak, 4)
+        if len(streams) == 1 and args.diagnose:
+            entry["diagnose"] = diagnose(extractor, probes, pin, cfg.read_workers, pool, max(reps, 1))
         if len(streams) == 1 and args.model_only_reps:
             mrate = model_only(extractor, streams[0], cfg.batch_size, args.model_only_reps)
             entry["model_only_clips_per_s"] = round(mrate, 1)
@@ -223,8 +255,6 @@ def bench_path(path: str, args: argparse.Namespace, inputs: list[tuple], peak: f
 
 def agreement(plain: FeatureExtractor, fast: FeatureExtractor, inputs: list[tuple]) -> dict[str, float]:
     """Minimum per-clip cosine similarity of the fast path's features to the plain path's (same video)."""
-    from pipeline.features import read_video
-
     item = read_video(probe_video(*inputs[0]))
     ref, got = plain.extract(item), fast.extract(item)
     out = {}
@@ -321,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-only-reps", type=int, default=None, help="batches for the model-only rate (0: skip)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak, if not detected")
     p.add_argument("--paths", default="plain,fast")
+    p.add_argument("--diagnose", action="store_true",
+                   help="per single stream, also a pass from videos resident in host memory (no reader) and "
+                        "passes with 1 and 3 batches in flight (see diagnose())")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args.videos = args.videos or (2 if args.quick else 4)

@@ -26,7 +26,8 @@ processes crop on the CPU while this process solves TV-L1 on the GPU for every f
 already written (:mod:`pipeline.overlap`); the crop and flow stages then run through DVC as
 usual, find every output complete and only record them (their wall time is then DVC's
 hashing and the stages' checks). Its record is ``stages.overlap`` (pairs/s of the two
-together), extrapolated like a stage by the flow pairs.
+together), extrapolated like a stage by the flow pairs. ``--rerun flow`` then recomputes the flow
+stage alone on the same crops (record ``reruns.flow``), which gives its own rate too.
 
 Run on a lent GPU machine (one command; 16 videos x 40 s at 640x480, 19.2k frames, the
 published recipe; measured in ``benchmarks/RESULTS.md``):
@@ -495,6 +496,33 @@ def fixed_cost(project: Path, stage: str, dataset: str, use_dvc: bool) -> float:
     return time.perf_counter() - t0
 
 
+RERUN_DIRS = {"crop": "faces", "flow": "flow", "features": "features"}   # stage: its per-video output folder
+
+
+def rerun_stage(project: Path, stage: str, dataset: str, stride: int, args: argparse.Namespace,
+                gpu: Any, logs: Path) -> dict[str, Any]:
+    """Recompute one stage alone after the run: its outputs moved aside, ``python -m pipeline.<stage>``.
+
+    The record is a stage's (wall time, work, rate, memory, GPU) plus its extrapolated seconds at
+    CAS(ME)^2 and SAMM-LV scale under the same rule as the run's stages.
+    """
+    out = project / "data" / dataset / RERUN_DIRS[stage]
+    out.rename(out.with_name(out.name + ".before_rerun"))
+    rec = run_stage(project, stage, dataset, False, Sampler(args.interval, gpu), logs, args.stage_timeout)
+    if rec["rc"] == 0:
+        rec["fixed_cost_s"] = round(fixed_cost(project, stage, dataset, False), 2)
+    work = work_done(project, dataset, stride)
+    quantity, rate = STAGE_UNITS[stage]
+    if work.get(quantity):
+        rec["work"] = {quantity: work[quantity]}
+        rec[rate] = round(work[quantity] / rec["wall_s"], 2)
+    rec["extrapolated_s"] = {name: extrapolate({stage: rec}, work, stride, args.layout,
+                                               list(args.size or LAYOUTS[args.layout]["size"]))[name]["stage_s"][stage]
+                             for name in TARGETS}
+    log.info("%s alone: rc %s, %.1f s", stage, rec["rc"], rec["wall_s"])
+    return rec
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layout", choices=sorted(LAYOUTS), default="casme2")
@@ -519,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="before the crop stage, run python -m pipeline.overlap (crop on the CPU while the GPU "
                          "solves TV-L1 on the crops already written); the crop and flow stages then find their "
                          "outputs complete and only record them (needs flow.impl torch: auto on a GPU)")
+    ap.add_argument("--rerun", nargs="+", choices=sorted(RERUN_DIRS), default=[],
+                    help="after the run, recompute these stages alone (their outputs moved aside, python -m "
+                         "pipeline.<stage>), e.g. flow after --overlap measured crop and flow together")
     ap.add_argument("--interval", type=float, default=0.2, help="sampling period of memory and GPU (s)")
     ap.add_argument("--stage-timeout", type=float, default=3600.0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the project copy goes (default: a tmp dir)")
@@ -590,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
         if rec["rc"] != 0:
             log.error("%s failed; see %s", stage, logs / f"{stage}.log")
             break
+    ok = all(r["rc"] == 0 for r in result["stages"].values())
+    for stage in args.rerun if ok else []:
+        log.info("%s again, alone ...", stage)
+        result.setdefault("reruns", {})[stage] = rerun_stage(project, stage, dataset, stride, args, gpu, logs)
+        dump()
     work = work_done(project, dataset, stride)
     result["work"] = {k: v for k, v in work.items() if not k.startswith("_")}
     result["total_wall_s"] = round(time.perf_counter() - t_all, 1)
@@ -599,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
                                          args.dvc_s_per_gb if args.no_dvc else None)
     dump()
     print(json.dumps(result, indent=2, default=str))
-    ok = all(r["rc"] == 0 for r in result["stages"].values())
+    ok = all(r["rc"] == 0 for r in [*result["stages"].values(), *result.get("reruns", {}).values()])
     if ok and not args.keep and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     elif not ok:

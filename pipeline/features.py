@@ -21,8 +21,10 @@ How it runs: one process; a reader thread reads whole videos ahead of the model,
 HDF5 chunks read and decompressed by a thread pool (``read_threads``) straight into
 page-locked memory on CUDA; each video moves to the device once (uint8 frames,
 float16 flow) and is normalised and resized there once per frame; clips are strided
-views (``unfold``) of that tensor, gathered into batches that span videos; features come
-back to the host one batch late so the device never waits on the copy. Fast-path
+views (``unfold``) of that tensor, gathered into batches that span videos; ``inflight``
+batches (2) stay queued on the device while the host waits for the oldest one's features
+and prepares the next, so a slow moment of the host (a video's first copy, an output
+file's fsync) does not leave the device idle. Fast-path
 options (``precision: bf16``, ``channels_last``, ``fuse``, ``compile``) are checked
 against the plain fp32 path in tests.
 
@@ -42,7 +44,7 @@ import threading
 import time
 from collections import deque
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -98,13 +100,14 @@ class FeatureConfig:
     fuse: bool = False
     compile: bool = False
     batch_size: int = 64
+    inflight: int = 2
     prefetch: int = 2
     read_threads: int = 0
     read_workers: int = 0
 
     # Keys that change how fast, not what: left out of the per-video digest.
     # Weights enter the digest by their SHA-256, not their path.
-    OPERATIONAL = ("device", "batch_size", "prefetch", "read_threads", "read_workers", "compile", "weights_rgb",
+    OPERATIONAL = ("device", "batch_size", "inflight", "prefetch", "read_threads", "read_workers", "compile", "weights_rgb",
                    "weights_flow")
 
     @classmethod
@@ -120,7 +123,8 @@ class FeatureConfig:
                       **{k: v for k, v in section.items()})
             cfg = cls(**{**cfg.__dict__, "seed": int(cfg.seed), "input_size": int(cfg.input_size),
                          "clip": int(cfg.clip), "stride": int(cfg.stride), "flow_bound": float(cfg.flow_bound),
-                         "batch_size": int(cfg.batch_size), "prefetch": int(cfg.prefetch),
+                         "batch_size": int(cfg.batch_size), "inflight": int(cfg.inflight),
+                         "prefetch": int(cfg.prefetch),
                          "read_threads": int(cfg.read_threads), "read_workers": int(cfg.read_workers)})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: bad value ({exc}).") from exc
@@ -128,7 +132,8 @@ class FeatureConfig:
             raise ConfigError(f"{where}.backbone '{cfg.backbone}' is not one of {', '.join(BACKBONES)}.")
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"{where}.precision '{cfg.precision}' is not one of {', '.join(PRECISIONS)}.")
-        for key, low in (("input_size", 32), ("clip", 1), ("stride", 1), ("batch_size", 1), ("prefetch", 1),
+        for key, low in (("input_size", 32), ("clip", 1), ("stride", 1), ("batch_size", 1), ("inflight", 1),
+                         ("prefetch", 1),
                          ("read_threads", 0), ("read_workers", 0)):
             if getattr(cfg, key) < low:
                 raise ConfigError(f"{where}.{key} must be at least {low}, got {getattr(cfg, key)}.")
@@ -487,6 +492,19 @@ class FeatureExtractor:
         other.streams = tuple(streams)
         return other
 
+    def with_options(self, **changes: Any) -> "FeatureExtractor":
+        """The same loaded (and compiled) models under other run options that leave the features unchanged.
+
+        Allowed: ``inflight`` and the reader's ``prefetch``, ``read_threads``, ``read_workers``
+        (``batch_size`` is not: a compiled model is specialised to its batch shape).
+        """
+        allowed = {"inflight", "prefetch", "read_threads", "read_workers"}
+        if set(changes) - allowed:
+            raise ConfigError(f"with_options takes {', '.join(sorted(allowed))}; got {', '.join(sorted(changes))}.")
+        other = copy.copy(self)
+        other.cfg = replace(self.cfg, **changes)
+        return other
+
     def provenance(self) -> dict[str, Any]:
         """Attributes describing how the features were made (stored in every output file)."""
         attrs: dict[str, Any] = {
@@ -566,7 +584,7 @@ class FeatureExtractor:
         it = iter(inputs)
         exhausted = False
         active: deque[_Active] = deque()
-        inflight: _Launched | None = None
+        inflight: deque[_Launched] = deque()  # batches queued on the device, oldest first
         B = self.cfg.batch_size
         # seconds the host thread spent waiting for the reader, moving and preparing videos, enqueuing
         # batches, and waiting for the device's results (benchmarks/bench_features.py reports them)
@@ -603,21 +621,23 @@ class FeatureExtractor:
                         segments.append((a, a.launched, count, rows))
                         a.launched += count
                         rows += count
-                t = clock()
-                launched = self._launch(segments, rows) if rows else None
-                spent["launch"] += clock() - t
+                if rows:
+                    t = clock()
+                    inflight.append(self._launch(segments, rows))
+                    spent["launch"] += clock() - t
                 for a, _, _, _ in segments:
                     if a.launched == a.n_clips:
                         a.views = None  # its clips are all queued; the device may reuse the memory
-                if inflight is not None:
+                # keep ``inflight`` batches queued while the host prepares the next one; drain at the end
+                keep = self.cfg.inflight if rows else 0
+                while len(inflight) > keep:
                     t = clock()
-                    self._land(inflight)
+                    self._land(inflight.popleft())
                     spent["device_wait"] += clock() - t
-                inflight = launched
                 while active and active[0].launched == active[0].n_clips and active[0].done == active[0].n_clips:
                     done = active.popleft()
                     yield VideoFeatures(done.probe, done.out)
-                if exhausted and not active and inflight is None:
+                if exhausted and not active and not inflight:
                     return
 
     def extract(self, item: VideoInput) -> dict[str, np.ndarray]:

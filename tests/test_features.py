@@ -15,8 +15,8 @@ import torch
 from models.i3d import build_i3d, init_random
 from models.weights import RANDOM_INIT
 from pipeline.errors import ConfigError, StageFailed
-from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, VideoInput, VideoProbe, clip_count,
-                               clip_views, prepare_flow, prepare_rgb, probe_video, read_video, video_digest,
+from pipeline.features import (Failed, FeatureConfig, FeatureExtractor, PrefetchReader, VideoInput, VideoProbe,
+                               clip_count, clip_views, prepare_flow, prepare_rgb, probe_video, read_video, video_digest,
                                weights_identity)
 from pipeline.h5io import atomic_h5, file_digest, read_attr_json
 
@@ -197,6 +197,29 @@ def test_a_clip_depends_only_on_its_eight_frames(extractor: FeatureExtractor) ->
     diff_flow = np.abs(got["flow"] - base["flow"]).max(axis=1)
     assert (diff_rgb[:3] > 1e-3).all() and (diff_rgb[3:] == 0).all()
     assert (diff_flow[:3] == 0).all() and (diff_flow[3:] > 1e-3).all()
+
+
+def test_batches_kept_in_flight_do_not_change_results_or_their_order(extractor: FeatureExtractor) -> None:
+    """``inflight`` batches queued on the device: the same features, yielded in input order, for any depth."""
+    videos = [as_input(name, *realistic_video(n, SIZE, seed=10 + k))
+              for k, (name, n) in enumerate([("a", 13), ("b", 8), ("c", 21), ("d", 12), ("e", 11)])]
+    failed = Failed("bad", "unreadable")
+    items = videos[:2] + [failed] + videos[2:]  # b has no clip; 3 + 0 + 7 + 2 + 2 clips in batches of 4
+    runs = {}
+    for depth in (1, 2, 5):
+        runs[depth] = list(extractor.with_options(inflight=depth).run(items))
+    for depth, results in runs.items():
+        got = [r.video if isinstance(r, Failed) else r.probe.video for r in results]
+        assert sorted(got) == ["a", "b", "bad", "c", "d", "e"], depth
+        assert [v for v in got if v != "bad"] == ["a", "b", "c", "d", "e"], depth
+        for r, ref in zip([r for r in results if not isinstance(r, Failed)],
+                          [r for r in runs[1] if not isinstance(r, Failed)]):
+            assert r.features["rgb"].shape[0] == clip_count(r.probe.n_frames)
+            assert all(np.array_equal(r.features[s], ref.features[s]) for s in ("rgb", "flow")), depth
+    with pytest.raises(ConfigError, match="inflight must be at least 1"):
+        FeatureConfig.from_params({"inflight": 0})
+    with pytest.raises(ConfigError, match="with_options takes"):
+        extractor.with_options(batch_size=8)
 
 
 def test_cpu_runs_are_deterministic(extractor: FeatureExtractor) -> None:
