@@ -3,8 +3,8 @@
 # GPU-marked tests and the GPU benchmarks, write everything to $OUT.
 # Each step has its own time limit so one slow step cannot starve the others.
 #
-#   STEPS="features_compile tests" bash benchmarks/gpu_session.sh       # carry .whl, .m68a
-#   STEPS="e2e_overlap" WHEELS=".whl2 .whl3" bash benchmarks/gpu_session.sh  # right after; carry .whl2, .whl3, .m68b
+#   STEPS="features_compile" bash benchmarks/gpu_session.sh       # carry .whl, .m68a
+#   STEPS="e2e_overlap crop tests" WHEELS=".whl2 .whl3" bash benchmarks/gpu_session.sh  # right after; carry .whl2, .whl3, .m68b
 #   STEPS="flow" WHEELS=".whl .whl_cv" ...                              # the OpenCV TV-L1 baseline too (carry .whl_cv)
 #
 # Wheels: WHEELS (folders, default .whl) hold what the machine lacks, as cp312 manylinux
@@ -33,8 +33,22 @@ fi
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 if ls .m68a/* >/dev/null 2>&1; then mkdir -p /tmp/m68p && cp .m68a/* /tmp/m68p/; fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-150}; T_TRAIN=${T_TRAIN:-150}
-T_E2E=${T_E2E:-420}
+T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-220}; T_TRAIN=${T_TRAIN:-150}
+T_E2E=${T_E2E:-420}; T_CROP=${T_CROP:-150}; CROP_THREADS=${CROP_THREADS:-16}
+# the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused; no compile:
+# its ~70 s per process is not repaid at this scale); E2E_PARAMS="" runs params.yaml's fp32 defaults
+E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.batch_size=256"}
+landmarks() {  # the dlib 68-point model from its two pieces, where the crop stage and bench_crop find it
+  mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models
+  [ -s /tmp/m68/shape_predictor_68_face_landmarks.dat ] || cat /tmp/m68p/* .m68b/* | python3 -c \
+"import lzma, sys, shutil; shutil.copyfileobj(lzma.open(sys.stdin.buffer), open('/tmp/m68/shape_predictor_68_face_landmarks.dat', 'wb'))" \
+    || { rm -f /tmp/m68/shape_predictor_68_face_landmarks.dat
+         echo "landmark model pieces missing (/tmp/m68p from the benchmark call?)" | tee -a "$OUT/steps.txt"; return 1; }
+  # the synth stage and bench_crop find the model through the face-recognition-models package's folder
+  touch /tmp/site/face_recognition_models/__init__.py
+  ln -sf /tmp/m68/shape_predictor_68_face_landmarks.dat /tmp/site/face_recognition_models/models/
+  export PYTHONPATH="/tmp/site:${PYTHONPATH}"
+}
 step() {  # step NAME SECONDS COMMAND...: run, keep the log, note the exit code
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
@@ -54,8 +68,9 @@ for s in $STEPS; do
             --out "$OUT/bench_flow.json" ;;
     features) step features_bench "$T_FEAT" python3 benchmarks/bench_features.py --quick \
                 --out "$OUT/bench_features.json" ;;
+    # --diagnose: each stream also from videos resident in host memory and with 1 and 3 batches in flight
     features_compile) step features_compile "$T_FEAT" python3 benchmarks/bench_features.py --quick --compile \
-                --paths fast --out "$OUT/bench_features_compile.json" ;;
+                --paths fast --diagnose --seconds 8 --model-only-reps 20 --out "$OUT/bench_features_compile.json" ;;
     profile) step profile_i3d 90 python3 benchmarks/profile_i3d.py --out "$OUT/profile_i3d.json" ;;
     # a full LOSO is 22 folds; 8 folds give the per-fold rate (the JSON has loso_s_per_fold_mean)
     train) step train_bench "$T_TRAIN" python3 benchmarks/bench_train.py --precision bf16 --folds 8 --no-final \
@@ -64,14 +79,8 @@ for s in $STEPS; do
              tests/test_features.py} ;;
     # every stage at a fraction of CAS(ME)^2 (16 videos x 40 s = 19.2k frames at 640x480), extrapolated
     # e2e_overlap: the same with crop and flow at once (pipeline.overlap), then the stages as usual
-    e2e|e2e_overlap) mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models && cat /tmp/m68p/* .m68b/* | python3 -c \
-"import lzma, sys, shutil; shutil.copyfileobj(lzma.open(sys.stdin.buffer), open('/tmp/m68/shape_predictor_68_face_landmarks.dat', 'wb'))" \
-           || { echo "e2e: landmark model pieces missing (/tmp/m68p from the benchmark call?)" | tee -a "$OUT/steps.txt"; continue; }
-         # the synth stage finds the model through the face-recognition-models package's folder
-         touch /tmp/site/face_recognition_models/__init__.py
-         ln -sf /tmp/m68/shape_predictor_68_face_landmarks.dat /tmp/site/face_recognition_models/models/
-         export PYTHONPATH="/tmp/site:${PYTHONPATH}"
-         extra=""; [ "$s" = e2e_overlap ] && extra="--overlap"
+    e2e|e2e_overlap) landmarks || continue
+         extra=""; [ "$s" = e2e_overlap ] && extra="--overlap --rerun flow"
          # train and evaluate need dvclive (.whl3); dvc repro also needs git for the project's sandbox
          stages="synth ingest resample crop flow features"
          python3 -c "import dvclive" 2>/dev/null && stages="$stages train evaluate"
@@ -81,10 +90,14 @@ for s in $STEPS; do
            mkdir -p /tmp/pyshim && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/pyshim/python
            chmod +x /tmp/pyshim/python && export PATH="/tmp/pyshim:$PATH"
          fi
-         echo "$s: stages [$stages], options [$extra]" | tee -a "$OUT/steps.txt"
+         echo "$s: stages [$stages], options [$extra], params [$E2E_PARAMS]" | tee -a "$OUT/steps.txt"
          step "$s" "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
-           --duration-s 40 --recipe full --stages $stages \
+           --duration-s 40 --recipe full --stages $stages $E2E_PARAMS \
            --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json" ;;
+    # the crop stage against decode alone (issue 4) with more cores: one video, CROP_THREADS threads each
+    crop) landmarks || continue
+          step crop_bench "$T_CROP" sh -c "for t in $CROP_THREADS; do python3 benchmarks/bench_crop.py --threads \$t \
+            > $OUT/bench_crop_t\$t.json || exit; done" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40
