@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -114,7 +115,11 @@ EXTRAPOLATION_RULE = (
     "trained models = kept frames x subjects (LOSO folds x (S-1)/S of the frames, plus the final model on all), "
     "assuming subjects of equal size. synth is not part of a real run and is left out. Start-up costs beyond "
     "the fixed cost (model builds, loading dlib, worker processes, first-batch compilation) count as work, so a "
-    "small run overestimates; crop and "
+    "small run overestimates, unless the stage was calibrated (--calibrate): then its time is the straight line "
+    "through two runs of it, the whole run and the same stage with one video's output (train: one fold's) "
+    "removed, i.e. fixed_s + s_per_unit x units, where fixed_s holds every start-up cost; for train the line "
+    "is fixed_s + s_per_model x models + compute s_per_unit x units, the compute being the seconds the stage "
+    "logs inside each model's training (models at the target: subjects + the final model). crop and "
     "ingest depend on the source resolution, so a target is comparable only when its layout and frame size match "
     "the run's ('comparable' below); flow, features and train depend on the recipe.")
 
@@ -380,8 +385,15 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
             if not rec or rec.get("rc") != 0 or not measured:
                 per_stage[stage] = None
                 continue
-            fixed = min(rec.get("fixed_cost_s", 0.0), rec["wall_s"])
-            secs = fixed + (rec["wall_s"] - fixed) / measured * n
+            fit = rec.get("calibration", {}).get("fit")
+            if fit and stage == "train":
+                models = target["subjects"] + int(bool(work.get("final_model")))
+                secs = fit["fixed_s"] + fit["s_per_model"] * models + fit["s_per_unit"] * n
+            elif fit:
+                secs = fit["fixed_s"] + fit["s_per_unit"] * n
+            else:
+                fixed = min(rec.get("fixed_cost_s", 0.0), rec["wall_s"])
+                secs = fixed + (rec["wall_s"] - fixed) / measured * n
             per_stage[stage] = round(secs, 1)
             total += secs
         done = all(v is not None for v in per_stage.values())
@@ -449,12 +461,14 @@ def _kill_group(pgid: int) -> None:
 
 
 def run_stage(project: Path, stage: str, dataset: str, use_dvc: bool, sampler: Sampler, logs: Path,
-              timeout: float) -> dict[str, Any]:
-    """Run one stage (``dvc repro --single-item``, or the module), measured; returns its record."""
+              timeout: float, log_name: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Run one stage (``dvc repro --single-item``, or the module), measured; returns its record
+    (the stage's output goes to ``logs/<log_name or stage>.log``). ``force``: DVC runs the stage's
+    command even when its run cache holds the outputs (the stage itself still skips complete videos)."""
     target = f"{stage}@{dataset}"
-    cmd = ([sys.executable, "-m", "dvc", "repro", "--single-item", target] if use_dvc
-           else [sys.executable, "-m", f"pipeline.{stage}", "--dataset", dataset])
-    logfile = logs / f"{stage}.log"
+    cmd = ([sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), target]
+           if use_dvc else [sys.executable, "-m", f"pipeline.{stage}", "--dataset", dataset])
+    logfile = logs / f"{log_name or stage}.log"
     t0 = time.perf_counter()
     with open(logfile, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=project, env=_env(project), stdout=fh, stderr=subprocess.STDOUT,
@@ -497,6 +511,71 @@ def fixed_cost(project: Path, stage: str, dataset: str, use_dvc: bool) -> float:
 
 
 RERUN_DIRS = {"crop": "faces", "flow": "flow", "features": "features"}   # stage: its per-video output folder
+CALIBRATED = {"crop": "frames", "flow": "flow", "features": "rgb", "train": None}   # stage: rows key of its files
+TRAIN_MODEL_LINE = re.compile(r"\b(fold_\S+|final): \d+ training windows, ([\d.]+) s on")
+
+
+def train_compute_s(log_text: str) -> dict[str, float]:
+    """{model: seconds spent inside its training} from the train stage's log lines."""
+    return {m.group(1): float(m.group(2)) for m in TRAIN_MODEL_LINE.finditer(log_text)}
+
+
+def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any], work: dict[str, Any],
+                    use_dvc: bool, args: argparse.Namespace, gpu: Any, logs: Path) -> dict[str, Any]:
+    """The second point of the stage's time line: the stage again (as in the run) with one output removed.
+
+    Per-video stages: the first video's file is moved aside and the stage recomputes it alone,
+    every start-up cost included: wall = fixed_s + s_per_unit x units through this run and the
+    whole one. train: the first LOSO fold is moved aside and ``python -m pipeline.train`` retrains
+    it alone (DVC would delete the whole non-persistent ``runs/`` first); with the seconds each
+    model spent training (the stage's log) the two runs give fixed_s (stage start-up) and
+    s_per_model (per-model overhead: dvclive, checkpoint, predictions; here also DVC's own
+    overhead spread over the models, which errs high), and the compute scales with the
+    training frames.
+    """
+    base = project / "data" / dataset
+    aside = logs.parent / "calibration_aside" / stage
+    aside.mkdir(parents=True, exist_ok=True)
+    quantity = STAGE_UNITS[stage][0]
+    if stage == "train":
+        fold = sorted(p for p in (base / "runs").glob("fold_*") if (p / "model.pt").is_file())[0]
+        frames = work["_per_subject_frames"]
+        units_one, moved = sum(frames.values()) - frames.get(fold.name.removeprefix("fold_"), 0), fold
+    else:
+        import h5py
+
+        moved = sorted((base / RERUN_DIRS[stage]).glob("*.h5"))[0]
+        with h5py.File(moved, "r") as f:
+            units_one = int(f[CALIBRATED[stage]].shape[0])
+    shutil.move(str(moved), str(aside / moved.name))
+    # per-video outputs are persist: true, so `dvc repro --force` reruns the stage over them and it computes
+    # the one missing video; train's runs/ is not, and DVC would delete every fold first: run it directly
+    one = run_stage(project, stage, dataset, use_dvc and stage != "train", Sampler(args.interval, gpu), logs,
+                    args.stage_timeout, log_name=f"{stage}_calibration", force=True)
+    out: dict[str, Any] = {"removed": moved.name, "units": units_one, "wall_s": one["wall_s"], "rc": one["rc"]}
+    units_all, wall_all = work.get(quantity), rec["wall_s"]
+    if one["rc"] != 0 or not units_all or units_all <= units_one:
+        out["log_tail"] = one.get("log_tail")
+        return out
+    if stage != "train":
+        per_unit = (wall_all - one["wall_s"]) / (units_all - units_one)
+        fixed = one["wall_s"] - per_unit * units_one
+        if per_unit > 0 and fixed >= 0:
+            out["fit"] = {"fixed_s": round(fixed, 3), "s_per_unit": per_unit}
+        return out
+    compute_all = train_compute_s((logs / "train.log").read_text(errors="replace"))
+    compute_one = train_compute_s((logs / "train_calibration.log").read_text(errors="replace")).get(moved.name)
+    if len(compute_all) < 2 or compute_one is None:
+        out["note"] = "the train stage's per-model lines were not found in its logs: no fit"
+        return out
+    overhead_all, overhead_one = wall_all - sum(compute_all.values()), one["wall_s"] - compute_one
+    per_model = (overhead_all - overhead_one) / (len(compute_all) - 1)
+    fixed = overhead_one - per_model
+    out.update(models=len(compute_all), compute_s=round(sum(compute_all.values()), 2), compute_one_s=compute_one)
+    if per_model >= 0 and fixed >= 0:
+        out["fit"] = {"fixed_s": round(fixed, 3), "s_per_model": round(per_model, 3),
+                      "s_per_unit": sum(compute_all.values()) / units_all}
+    return out
 
 
 def rerun_stage(project: Path, stage: str, dataset: str, stride: int, args: argparse.Namespace,
@@ -550,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun", nargs="+", choices=sorted(RERUN_DIRS), default=[],
                     help="after the run, recompute these stages alone (their outputs moved aside, python -m "
                          "pipeline.<stage>), e.g. flow after --overlap measured crop and flow together")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="after the run, time crop, flow, features and train again with one video's (one fold's) "
+                         "output removed; the extrapolation then uses the line through the two runs, so start-up "
+                         "costs are not scaled with the work (see calibrate_stage)")
     ap.add_argument("--interval", type=float, default=0.2, help="sampling period of memory and GPU (s)")
     ap.add_argument("--stage-timeout", type=float, default=3600.0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the project copy goes (default: a tmp dir)")
@@ -622,6 +705,16 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s failed; see %s", stage, logs / f"{stage}.log")
             break
     ok = all(r["rc"] == 0 for r in result["stages"].values())
+    work = work_done(project, dataset, stride)
+    # after --overlap the crop and flow stages only recorded what the overlap computed: nothing to calibrate
+    calibrated = [s for s in CALIBRATED if s in result["stages"] and not (args.overlap and s in ("crop", "flow"))]
+    for stage in calibrated if ok and args.calibrate else []:
+        log.info("%s again with one output removed (calibration) ...", stage)
+        rec = result["stages"][stage]
+        rec["calibration"] = calibrate_stage(project, stage, dataset, rec, work, not args.no_dvc, args, gpu, logs)
+        log.info("%s calibration: %s", stage, json.dumps({k: v for k, v in rec["calibration"].items()
+                                                          if k != "log_tail"}))
+        dump()
     for stage in args.rerun if ok else []:
         log.info("%s again, alone ...", stage)
         result.setdefault("reruns", {})[stage] = rerun_stage(project, stage, dataset, stride, args, gpu, logs)
@@ -635,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
                                          args.dvc_s_per_gb if args.no_dvc else None)
     dump()
     print(json.dumps(result, indent=2, default=str))
-    ok = all(r["rc"] == 0 for r in [*result["stages"].values(), *result.get("reruns", {}).values()])
+    ok = all(r["rc"] == 0 for r in [*result["stages"].values(), *result.get("reruns", {}).values(),
+                                    *(r["calibration"] for r in result["stages"].values() if "calibration" in r)])
     if ok and not args.keep and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     elif not ok:

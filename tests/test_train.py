@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import h5py
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from benchmarks.e2e import train_compute_s
 from models.iaenet import load_checkpoint, load_model_preset
 from pipeline.errors import ConfigError, InputError
 from pipeline.train import PREDICTION_COLUMNS, fold_seed, lr_factor
@@ -84,9 +86,13 @@ def _setup(workspace) -> None:
     _write_tables(workspace.root)
 
 
-def test_stage_end_to_end(workspace, one_thread) -> None:
+def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     _setup(workspace)
-    workspace.run("train", "tiny")
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        workspace.run("train", "tiny")
+    # the per-model training seconds that benchmarks/e2e.py --calibrate reads from the stage's log
+    compute = train_compute_s(caplog.text)
+    assert set(compute) == {"fold_s1", "fold_s2", "fold_s3", "final"} and all(v >= 0 for v in compute.values())
     runs = workspace.out("tiny", "runs")
     preds = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
     assert list(preds.columns) == PREDICTION_COLUMNS
