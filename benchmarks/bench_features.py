@@ -159,7 +159,7 @@ def run_stream_set(extractor: FeatureExtractor, probes: list, pin: bool, workers
     start = time.perf_counter()
     with ExitStack() as stack:
         inputs = resident if resident is not None else stack.enter_context(
-            PrefetchReader(probes, prefetch=4, workers=workers, pin=pin, pool=pool))
+            PrefetchReader(probes, prefetch=4, workers=workers, pin=pin, pool=pool, streams=extractor.streams))
         for result in extractor.run(inputs):
             if not isinstance(result, VideoFeatures):
                 raise RuntimeError(f"{result.video}: {result.reason}")
@@ -178,7 +178,7 @@ def diagnose(extractor: FeatureExtractor, probes: list, pin: bool, workers: int,
       configured number.
     """
     out: dict[str, Any] = {}
-    items = [read_video(p, pin=pin) for p in probes]
+    items = [read_video(p, pin=pin, streams=extractor.streams) for p in probes]
     clips, secs = run_stream_set(extractor, [], pin, workers, pool, resident=items * reps)
     out["resident"] = {"clips_per_s": round(clips / secs, 1),
                        "host_fraction": {k: round(v / secs, 3) for k, v in extractor.host_seconds.items()}}

@@ -181,8 +181,8 @@ class VideoInput:
     """A video's frames and flow in host memory, ready for the device."""
 
     probe: VideoProbe
-    frames: np.ndarray | torch.Tensor  # uint8 [T, H, W, C] (a tensor when the reader pinned it)
-    flow: np.ndarray | torch.Tensor  # float16 [T-1, H, W, 2]
+    frames: np.ndarray | torch.Tensor | None  # uint8 [T, H, W, C] (a tensor when pinned); None: rgb not read
+    flow: np.ndarray | torch.Tensor | None  # float16 [T-1, H, W, 2]; None: flow not read
 
 
 @dataclass
@@ -245,26 +245,34 @@ def _read_array(dset: h5py.Dataset, dtype: type, pool: cf.Executor | None, pin: 
     return tensor
 
 
-def read_video(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False) -> VideoInput:
+def read_video(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False,
+               streams: Sequence[str] = STREAMS) -> VideoInput:
     """Read the frames (uint8) and flow (float16) of a probed video, whole, exactly as stored.
 
     Chunks are read and decompressed in ``pool``'s threads when given (see
     :func:`pipeline.h5chunks.read_dataset`); with ``pin`` (CUDA only) the arrays are
     decoded straight into page-locked tensors, ready for an asynchronous copy to the GPU.
     No conversion happens on the host: frames go to the device as uint8, flow as float16.
+    Only the arrays of ``streams`` are read (the other is None).
     """
-    with h5py.File(probe.faces, "r") as f:
-        frames = _read_array(f["frames"], np.uint8, pool, pin)
-    with h5py.File(probe.flow, "r") as f:
-        flow = _read_array(f["flow"], np.float16, pool, pin)
-    if frames.shape[0] != probe.n_frames or flow.shape[0] != probe.n_frames - 1:
-        raise InputError(f"{probe.faces}: video '{probe.video}' changed while being read; rerun the stage.")
+    frames = flow = None
+    if "rgb" in streams:
+        with h5py.File(probe.faces, "r") as f:
+            frames = _read_array(f["frames"], np.uint8, pool, pin)
+        if frames.shape[0] != probe.n_frames:
+            raise InputError(f"{probe.faces}: video '{probe.video}' changed while being read; rerun the stage.")
+    if "flow" in streams:
+        with h5py.File(probe.flow, "r") as f:
+            flow = _read_array(f["flow"], np.float16, pool, pin)
+        if flow.shape[0] != probe.n_frames - 1:
+            raise InputError(f"{probe.flow}: video '{probe.video}' changed while being read; rerun the stage.")
     return VideoInput(probe, frames, flow)
 
 
-def _read_or_fail(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False) -> VideoInput | Failed:
+def _read_or_fail(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False,
+                  streams: Sequence[str] = STREAMS) -> VideoInput | Failed:
     try:
-        return read_video(probe, pool, pin)
+        return read_video(probe, pool, pin, streams)
     except M2esError as exc:
         return Failed(probe.video, str(exc))
     except (OSError, KeyError, ValueError) as exc:
@@ -286,14 +294,16 @@ class PrefetchReader:
     instead, order kept (slower: every array is pickled back). Read errors come out as
     :class:`Failed` items. With ``pin`` the arrays land in page-locked tensors in the
     thread, so the host-to-device copy is asynchronous and pinning costs the device loop
-    nothing. Use as a context manager.
+    nothing. Only the arrays of ``streams`` are read. Use as a context manager.
     """
 
     _END = object()
 
     def __init__(self, probes: Sequence[VideoProbe], prefetch: int = 2, workers: int = 0, pin: bool = False,
-                 pool: cf.ProcessPoolExecutor | None = None, threads: int = 0) -> None:
+                 pool: cf.ProcessPoolExecutor | None = None, threads: int = 0,
+                 streams: Sequence[str] = STREAMS) -> None:
         self.probes = list(probes)
+        self.streams = tuple(streams)
         self.prefetch = max(1, prefetch)
         self.workers = workers
         self.threads = decode_threads(threads)
@@ -317,9 +327,10 @@ class PrefetchReader:
         self._thread.join()
 
     def _put(self, item: Any) -> bool:
-        if self.pin and isinstance(item, VideoInput) and not isinstance(item.frames, torch.Tensor):
-            item = VideoInput(item.probe, torch.from_numpy(np.ascontiguousarray(item.frames)).pin_memory(),
-                              torch.from_numpy(np.ascontiguousarray(item.flow)).pin_memory())
+        if self.pin and isinstance(item, VideoInput):  # arrays from reader processes: pin them here
+            item = VideoInput(item.probe, *(a if a is None or isinstance(a, torch.Tensor)
+                                            else torch.from_numpy(np.ascontiguousarray(a)).pin_memory()
+                                            for a in (item.frames, item.flow)))
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -336,14 +347,14 @@ class PrefetchReader:
                     futures: deque[cf.Future] = deque()
                     it = iter(self.probes)
                     for probe in it:
-                        futures.append(pool.submit(_read_or_fail, probe))
+                        futures.append(pool.submit(_read_or_fail, probe, None, False, self.streams))
                         if len(futures) >= self.workers + self.prefetch:
                             break
                     while futures:
                         item = futures.popleft().result()
                         nxt = next(it, None)
                         if nxt is not None:
-                            futures.append(pool.submit(_read_or_fail, nxt))
+                            futures.append(pool.submit(_read_or_fail, nxt, None, False, self.streams))
                         if not self._put(item):
                             for fut in futures:
                                 fut.cancel()
@@ -351,7 +362,7 @@ class PrefetchReader:
             else:
                 with cf.ThreadPoolExecutor(self.threads, thread_name_prefix="features-chunks") as chunks:
                     for probe in self.probes:
-                        if not self._put(_read_or_fail(probe, chunks, self.pin)):
+                        if not self._put(_read_or_fail(probe, chunks, self.pin, self.streams)):
                             return
         except BaseException as exc:  # noqa: BLE001 - surfaced to the consumer, not lost in the thread
             self._put(exc)
@@ -534,6 +545,10 @@ class FeatureExtractor:
 
     def _to_device(self, item: VideoInput) -> _Active:
         cfg, dev = self.cfg, self.device
+        for stream, array in (("rgb", item.frames), ("flow", item.flow)):
+            if stream in self.streams and array is None:
+                raise ValueError(f"{item.probe.video}: no {stream} array was read, but the extractor runs the "
+                                 f"{stream} stream (read the video with streams={self.streams}).")
         n = clip_count(item.probe.n_frames, cfg.clip, cfg.stride)
         views: dict[str, torch.Tensor] = {}
         if "rgb" in self.streams:
@@ -740,7 +755,8 @@ def run(ctx: StageContext) -> None:
         log.info("features: %d videos, %d clips per stream on %s (%s)", len(todo), n_clips, extractor.device,
                  cfg.precision)
         with PrefetchReader([t.payload["probe"] for t in todo], cfg.prefetch, cfg.read_workers,
-                            pin=extractor.device.type == "cuda", threads=cfg.read_threads) as reader, \
+                            pin=extractor.device.type == "cuda", threads=cfg.read_threads,
+                            streams=extractor.streams) as reader, \
                 tqdm(total=n_clips, desc="features", unit="clip") as bar:
             for result in extractor.run(reader):
                 if isinstance(result, Failed):

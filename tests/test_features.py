@@ -78,8 +78,8 @@ def cfg(**kw) -> FeatureConfig:
     return FeatureConfig.from_params({"allow_random_init": True, "input_size": SIZE, "device": "cpu", **kw})
 
 
-def as_input(video: str, frames: np.ndarray, flow: np.ndarray) -> VideoInput:
-    t, h, w, c = frames.shape
+def as_input(video: str, frames: np.ndarray | None, flow: np.ndarray | None) -> VideoInput:
+    t, h, w, c = frames.shape if frames is not None else (flow.shape[0] + 1, *flow.shape[1:3], 3)
     return VideoInput(VideoProbe(video, Path(f"{video}-faces.h5"), Path(f"{video}-flow.h5"), t, h, w, c, "f", "o"),
                       frames, flow)
 
@@ -339,6 +339,25 @@ def test_probe_and_reader_read_what_the_crop_and_flow_stages_wrote(tmp_path: Pat
     assert np.array_equal(read_video(probe).frames, frames)
     with PrefetchReader([probe] * 3, prefetch=1, workers=1) as reader:  # process-pool decoding, order kept
         assert [np.array_equal(i.flow, flow) for i in reader] == [True] * 3
+    # one stream: only its array is read, in threads and in reader processes alike
+    for workers in (0, 1):
+        with PrefetchReader([probe], streams=("rgb",), workers=workers) as reader:
+            (item,) = list(reader)
+        assert item.flow is None and np.array_equal(item.frames, frames)
+        with PrefetchReader([probe], streams=("flow",), workers=workers) as reader:
+            (item,) = list(reader)
+        assert item.frames is None and np.array_equal(item.flow, flow)
+
+
+def test_one_stream_from_its_array_alone_equals_that_stream_of_both(extractor: FeatureExtractor) -> None:
+    frames, flow = realistic_video(15, SIZE, seed=9)
+    both = extractor.extract(as_input("v", frames, flow))
+    rgb = extractor.subset(("rgb",)).extract(as_input("v", frames, None))
+    fl = extractor.subset(("flow",)).extract(as_input("v", None, flow))
+    assert set(rgb) == {"rgb"} and set(fl) == {"flow"}
+    assert np.array_equal(rgb["rgb"], both["rgb"]) and np.array_equal(fl["flow"], both["flow"])
+    with pytest.raises(ValueError, match="v: no flow array was read"):
+        extractor.extract(as_input("v", frames, None))
 
 
 def stage_files(tmp_path: Path) -> tuple[VideoProbe, np.ndarray, np.ndarray]:
