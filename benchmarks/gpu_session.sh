@@ -3,9 +3,12 @@
 # GPU-marked tests and the GPU benchmarks, write everything to $OUT.
 # Each step has its own time limit so one slow step cannot starve the others.
 #
-#   STEPS="features_compile" bash benchmarks/gpu_session.sh       # carry .whl, .m68a
-#   STEPS="e2e_overlap crop tests" WHEELS=".whl2 .whl3" bash benchmarks/gpu_session.sh  # right after; carry .whl2, .whl3, .m68b
-#   STEPS="flow" WHEELS=".whl .whl_cv" ...                              # the OpenCV TV-L1 baseline too (carry .whl_cv)
+# The plan for one 15-minute lease (two calls; the second within the 30 s the machine stays warm):
+#   STEPS="features_compile" bash benchmarks/gpu_session.sh                       # carry .whl, .m68a
+#   STEPS="e2e crop tests" WHEELS=".whl2 .whl3 .whl4" bash benchmarks/gpu_session.sh  # carry .whl2, .whl3, .whl4, .m68b
+#   STEPS="flow" WHEELS=".whl .whl_cv" ...              # the OpenCV TV-L1 baseline too (carry .whl_cv)
+# Measured on 2026-11-26 (H100): machine start ~30 s; features_compile 135 s; e2e (19.2k frames,
+# through dvc repro, every stage) 242 s; crop (bench_crop, 16 threads) 83 s; tests 32 s.
 #
 # Wheels: WHEELS (folders, default .whl) hold what the machine lacks, as cp312 manylinux
 # wheels, in ignored folders (.git/info/exclude): .whl: hdf5plugin (trimmed to its Blosc
@@ -13,8 +16,11 @@
 # the OpenCV TV-L1 baseline (56 MB); .whl2: dlib-bin and openpyxl (4 MB); .whl3: dvc 3.67.1,
 # dvclive 3.49.1 and the 21 small packages of theirs that the machine lacks (2.8 MB: found
 # by running `dvc repro` and dvclive with nothing but the machine's package list beside
-# them). With .whl3 the train and evaluate stages run, and the end-to-end step goes through
-# `dvc repro` when git is on the machine (else `--no-dvc`). The dlib 68-point landmark
+# them); .whl4: pygit2 1.21.0 with cffi and pycparser, orjson and wcwidth (6 MB: `dvc repro`
+# needs pygit2 to write dvc.lock, which the first try on the machine showed; orjson and
+# wcwidth are what `python -X importtime` of dvc repro and dvclive imports beyond the rest).
+# With .whl3 and .whl4 the train and evaluate stages run, and the end-to-end step goes
+# through `dvc repro` when git is on the machine (else `--no-dvc`). The dlib 68-point landmark
 # model (100 MB; 63 MB as xz) does not fit in one call beside the rest (64 MiB a call), so
 # it travels in two pieces: .m68a/ (40 MB) with the first call, which copies it to
 # /tmp/m68p (outside the repository: ignored paths that a later call does not carry are
@@ -34,10 +40,10 @@ fi
 if ls .m68a/* >/dev/null 2>&1; then mkdir -p /tmp/m68p && cp .m68a/* /tmp/m68p/; fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-220}; T_TRAIN=${T_TRAIN:-150}
-T_E2E=${T_E2E:-420}; T_CROP=${T_CROP:-150}; CROP_THREADS=${CROP_THREADS:-16}
+T_E2E=${T_E2E:-480}; T_CROP=${T_CROP:-150}; CROP_THREADS=${CROP_THREADS:-16}
 # the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused; no compile:
 # its ~70 s per process is not repaid at this scale); E2E_PARAMS="" runs params.yaml's fp32 defaults
-E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.batch_size=256"}
+E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.batch_size=256 --param train.precision=bf16"}
 landmarks() {  # the dlib 68-point model from its two pieces, where the crop stage and bench_crop find it
   mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models
   [ -s /tmp/m68/shape_predictor_68_face_landmarks.dat ] || cat /tmp/m68p/* .m68b/* | python3 -c \
@@ -80,7 +86,9 @@ for s in $STEPS; do
     # every stage at a fraction of CAS(ME)^2 (16 videos x 40 s = 19.2k frames at 640x480), extrapolated
     # e2e_overlap: the same with crop and flow at once (pipeline.overlap), then the stages as usual
     e2e|e2e_overlap) landmarks || continue
-         extra=""; [ "$s" = e2e_overlap ] && extra="--overlap --rerun flow"
+         # --calibrate: each GPU stage (and crop, train) timed again with one output removed, so the
+         # extrapolation does not scale start-up costs (compilation, model builds) with the work
+         extra="--calibrate"; [ "$s" = e2e_overlap ] && extra="$extra --overlap --rerun flow"
          # train and evaluate need dvclive (.whl3); dvc repro also needs git for the project's sandbox
          stages="synth ingest resample crop flow features"
          python3 -c "import dvclive" 2>/dev/null && stages="$stages train evaluate"
@@ -91,9 +99,12 @@ for s in $STEPS; do
            chmod +x /tmp/pyshim/python && export PATH="/tmp/pyshim:$PATH"
          fi
          echo "$s: stages [$stages], options [$extra], params [$E2E_PARAMS]" | tee -a "$OUT/steps.txt"
+         rm -rf /tmp/e2e_work
          step "$s" "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
-           --duration-s 40 --recipe full --stages $stages $E2E_PARAMS \
-           --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json" ;;
+           --duration-s 40 --recipe full --stages $stages $E2E_PARAMS --workdir /tmp/e2e_work --keep \
+           --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json"
+         # every stage's own log, in one file (at most 8 files come back)
+         tar -czf "$OUT/${s}_stage_logs.tgz" -C /tmp/e2e_work logs 2>/dev/null ;;
     # the crop stage against decode alone (issue 4) with more cores: one video, CROP_THREADS threads each
     crop) landmarks || continue
           step crop_bench "$T_CROP" sh -c "for t in $CROP_THREADS; do python3 benchmarks/bench_crop.py --threads \$t \
