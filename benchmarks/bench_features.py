@@ -8,7 +8,8 @@ over that list repeated as many times as needed for ``--seconds`` of work:
 
 * ``plain``: fp32 (TF32 off), contiguous memory, batch ``--plain-batch``;
 * ``fast``: bf16 autocast, channels_last_3d, folded BatchNorm + merged 1x1 branches,
-  optional ``torch.compile`` (``--compile``), batch ``--fast-batch``.
+  optional space-to-depth stem (``--space-to-depth``) and ``torch.compile``
+  (``--compile``), batch ``--fast-batch``.
 
 For each path: clips/s of the RGB stream alone, the flow stream alone and both together
 (both: clips/s of each stream while both run; the
@@ -145,8 +146,8 @@ def make_config(path: str, args: argparse.Namespace) -> FeatureConfig:
         return FeatureConfig.from_params({**common, "precision": "fp32", "batch_size": args.plain_batch,
                                           "read_workers": args.read_workers})
     return FeatureConfig.from_params({**common, "precision": "bf16", "channels_last": True, "fuse": True,
-                                      "compile": args.compile, "batch_size": args.fast_batch,
-                                      "read_workers": args.read_workers})
+                                      "space_to_depth": args.space_to_depth, "compile": args.compile,
+                                      "batch_size": args.fast_batch, "read_workers": args.read_workers})
 
 
 def run_stream_set(extractor: FeatureExtractor, probes: list, pin: bool, workers: int, pool: Any,
@@ -337,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain-batch", type=int, default=64)
     p.add_argument("--fast-batch", type=int, default=256)
     p.add_argument("--compile", action="store_true", help="torch.compile on the fast path")
+    p.add_argument("--space-to-depth", action="store_true",
+                   help="fast path: the space-to-depth stem (features.space_to_depth)")
     p.add_argument("--read-workers", type=int, default=0,
                    help="whole videos read in this many processes instead of the chunk threads (default 0: the "
                         "stage's default; 8 processes were slower than one thread on the H200 host)")

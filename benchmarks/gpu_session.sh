@@ -4,7 +4,7 @@
 # Each step has its own time limit so one slow step cannot starve the others.
 #
 # The plan for one 15-minute lease (two calls; the second within the 30 s the machine stays warm):
-#   STEPS="features_compile" bash benchmarks/gpu_session.sh                       # carry .whl, .m68a
+#   STEPS="profile features_compile" FEAT_EXTRA=--space-to-depth bash benchmarks/gpu_session.sh  # carry .whl, .m68a
 #   STEPS="e2e crop tests" WHEELS=".whl2 .whl3 .whl4" bash benchmarks/gpu_session.sh  # carry .whl2, .whl3, .whl4, .m68b
 #   STEPS="flow" WHEELS=".whl .whl_cv" ...              # the OpenCV TV-L1 baseline too (carry .whl_cv)
 # Measured on 2026-11-26 (H100): machine start ~30 s; features_compile 135 s; e2e (19.2k frames,
@@ -75,8 +75,10 @@ for s in $STEPS; do
     features) step features_bench "$T_FEAT" python3 benchmarks/bench_features.py --quick \
                 --out "$OUT/bench_features.json" ;;
     # --diagnose: each stream also from videos resident in host memory and with 1 and 3 batches in flight
+    # FEAT_EXTRA: more bench_features options, e.g. --space-to-depth (the stem rewrite, profiled by `profile`)
     features_compile) step features_compile "$T_FEAT" python3 benchmarks/bench_features.py --quick --compile \
-                --paths fast --diagnose --seconds 8 --model-only-reps 20 --out "$OUT/bench_features_compile.json" ;;
+                --paths fast --diagnose --seconds 8 --model-only-reps 20 ${FEAT_EXTRA:-} \
+                --out "$OUT/bench_features_compile.json" ;;
     profile) step profile_i3d 90 python3 benchmarks/profile_i3d.py --out "$OUT/profile_i3d.json" ;;
     # a full LOSO is 22 folds; 8 folds give the per-fold rate (the JSON has loso_s_per_fold_mean)
     train) step train_bench "$T_TRAIN" python3 benchmarks/bench_train.py --precision bf16 --folds 8 --no-final \

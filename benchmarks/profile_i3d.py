@@ -2,9 +2,10 @@
 
 Builds the fast inference model of ``features`` (random-init Inception I3D, bf16
 autocast, channels_last_3d) in steps -- BatchNorm folded and 1x1 branches merged only;
-plus separable max pooling -- and measures clips/s on a resident batch for each (RGB and flow), then profiles a few
-batches of the full rewrite with ``torch.profiler`` and lists the operators that take
-the most CUDA time. JSON to stdout and ``--out``. GPU only; no figure here is asserted
+plus separable max pooling; plus the space-to-depth stem (``features.space_to_depth``) --
+and measures clips/s on a resident batch for each (RGB and flow), then profiles a few
+batches of the default rewrite and of the one with the space-to-depth stem with
+``torch.profiler`` and lists the operators that take the most CUDA time. JSON to stdout and ``--out``. GPU only; no figure here is asserted
 by a test.
 
     python benchmarks/profile_i3d.py --out "$OUT/profile_i3d.json"
@@ -28,10 +29,10 @@ from benchmarks.jsonout import emit  # noqa: E402
 from models.i3d import MaxPool3dSamePadding, build_i3d, init_random  # noqa: E402
 
 
-def fast_model(channels: int, separable: bool = True) -> torch.nn.Module:
-    """The features stage's fast path model for one stream, on the GPU (pooling selectable)."""
+def fast_model(channels: int, separable: bool = True, space_to_depth: bool = False) -> torch.nn.Module:
+    """The features stage's fast path model for one stream, on the GPU (pooling and stem selectable)."""
     model = init_random(build_i3d(channels), seed=0).cuda().eval()
-    model = model.fused_for_inference()
+    model = model.fused_for_inference(space_to_depth=space_to_depth)
     for m in model.modules():
         if isinstance(m, MaxPool3dSamePadding):
             m.separable = separable
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = True
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                               "cudnn": torch.backends.cudnn.version(), "model_only_clips_per_s": {}}
-    variants = {"fold+merge": dict(separable=False), "+separable_pool": dict(separable=True)}
+    variants = {"fold+merge": dict(separable=False), "+separable_pool": dict(separable=True),
+                "+space_to_depth_stem": dict(separable=True, space_to_depth=True)}
     for name, kw in variants.items():
         for channels, stream in ((3, "rgb"), (2, "flow")):
             m = fast_model(channels, **kw)
@@ -75,15 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         del x
     x = torch.randn(256, 3, 8, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last_3d)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
-        rate(model, x, 3)
-    rows = []
-    for ev in prof.key_averages():
-        cuda_us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
-        if cuda_us:
-            rows.append({"name": ev.key[:120], "cuda_ms": round(cuda_us / 1e3, 2), "calls": ev.count})
-    rows.sort(key=lambda r: -r["cuda_ms"])
-    report["top_ops"] = rows[:args.top]
+    for key, m in (("top_ops", model), ("top_ops_space_to_depth", fast_model(3, space_to_depth=True))):
+        with torch.profiler.profile(activities=acts) as prof:
+            rate(m, x, 3)
+        rows = []
+        for ev in prof.key_averages():
+            cuda_us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if cuda_us:
+                rows.append({"name": ev.key[:120], "cuda_ms": round(cuda_us / 1e3, 2), "calls": ev.count})
+        rows.sort(key=lambda r: -r["cuda_ms"])
+        report[key] = rows[:args.top]
     emit(report, args.out)
     return 0
 

@@ -25,8 +25,8 @@ views (``unfold``) of that tensor, gathered into batches that span videos; ``inf
 batches (2) stay queued on the device while the host waits for the oldest one's features
 and prepares the next, so a slow moment of the host (a video's first copy, an output
 file's fsync) does not leave the device idle. Fast-path
-options (``precision: bf16``, ``channels_last``, ``fuse``, ``compile``) are checked
-against the plain fp32 path in tests.
+options (``precision: bf16``, ``channels_last``, ``fuse``, ``space_to_depth``, ``compile``)
+are checked against the plain fp32 path in tests.
 
 A video with fewer than ``clip + 1`` frames has no clip: it gets no features file and a
 row in ``data/<ds>/features/skipped.csv`` (video, n_frames, reason), which later stages
@@ -98,6 +98,7 @@ class FeatureConfig:
     precision: str = "fp32"
     channels_last: bool = False
     fuse: bool = False
+    space_to_depth: bool = False
     compile: bool = False
     batch_size: int = 64
     inflight: int = 2
@@ -107,8 +108,11 @@ class FeatureConfig:
 
     # Keys that change how fast, not what: left out of the per-video digest.
     # Weights enter the digest by their SHA-256, not their path.
-    OPERATIONAL = ("device", "batch_size", "inflight", "prefetch", "read_threads", "read_workers", "compile", "weights_rgb",
-                   "weights_flow")
+    OPERATIONAL = ("device", "batch_size", "inflight", "prefetch", "read_threads", "read_workers", "compile",
+                   "weights_rgb", "weights_flow")
+    # Keys added after outputs existed: in the digest only when set, so older outputs keep theirs.
+    LATER = {"space_to_depth": False}
+
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any], where: str = "params.yaml: features") -> "FeatureConfig":
@@ -141,6 +145,8 @@ class FeatureConfig:
             raise ConfigError(f"{where}.flow_bound must be positive, got {cfg.flow_bound}.")
         if cfg.fuse and cfg.backbone != "i3d":
             raise ConfigError(f"{where}.fuse applies to backbone i3d only; set fuse: false for {cfg.backbone}.")
+        if cfg.space_to_depth and not cfg.fuse:
+            raise ConfigError(f"{where}.space_to_depth rewrites the fused i3d model's stem; set fuse: true too.")
         return cfg
 
     def weights(self, stream: str) -> str | None:
@@ -149,7 +155,8 @@ class FeatureConfig:
 
     def identity(self) -> dict[str, Any]:
         """The params that determine the features' values (what the per-video digest hashes)."""
-        return {k: v for k, v in self.__dict__.items() if k not in self.OPERATIONAL}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in self.OPERATIONAL and not (k in self.LATER and v == self.LATER[k])}
 
 
 def clip_count(n_frames: int, clip: int = 8, stride: int = 2) -> int:
@@ -485,7 +492,7 @@ class FeatureExtractor:
                                seed=cfg.seed + STREAMS.index(stream))
             model = bb.model.eval()
             if cfg.fuse:
-                model = model.fused_for_inference()
+                model = model.fused_for_inference(space_to_depth=cfg.space_to_depth)
             model = model.to(self.device, memory_format=self.memory_format)
             self.backbones[stream] = bb
             fn = model.features
@@ -523,6 +530,7 @@ class FeatureExtractor:
             "streams": list(self.streams), "clip": self.cfg.clip, "stride": self.cfg.stride,
             "input_size": self.cfg.input_size, "flow_bound": self.cfg.flow_bound,
             "precision": self.cfg.precision, "channels_last": self.cfg.channels_last, "fuse": self.cfg.fuse,
+            "space_to_depth": self.cfg.space_to_depth,
             "compile": self.cfg.compile, "device": str(self.device),
         }
         for stream, bb in self.backbones.items():

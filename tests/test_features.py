@@ -325,6 +325,24 @@ def test_bad_params_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="fuse applies to backbone i3d only"):
         FeatureConfig.from_params({"backbone": "i3d_r50", "fuse": True})
     assert FeatureConfig.from_params({}).identity() == FeatureConfig.from_params({"batch_size": 7}).identity()
+    with pytest.raises(ConfigError, match="space_to_depth rewrites the fused"):
+        FeatureConfig.from_params({"space_to_depth": True})
+    # a key added later enters the digest only when set: outputs made before it keep their digests
+    fused = FeatureConfig.from_params({"fuse": True})
+    assert "space_to_depth" not in fused.identity()
+    assert FeatureConfig.from_params({"fuse": True, "space_to_depth": True}).identity() == \
+        {**fused.identity(), "space_to_depth": True}
+
+
+def test_space_to_depth_stem_gives_the_same_features_on_cpu() -> None:
+    item = as_input("v", *realistic_video(13, SIZE, seed=21))
+    plain = FeatureExtractor(cfg()).extract(item)
+    s2d = FeatureExtractor(cfg(fuse=True, space_to_depth=True))
+    assert s2d.provenance()["space_to_depth"] is True
+    got = s2d.extract(item)
+    for s in ("rgb", "flow"):
+        torch.testing.assert_close(torch.from_numpy(got[s]), torch.from_numpy(plain[s]), rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(plain[s]).max()))
 
 
 def test_probe_and_reader_read_what_the_crop_and_flow_stages_wrote(tmp_path: Path) -> None:
@@ -420,16 +438,19 @@ def test_bf16_channels_last_fused_path_matches_fp32_on_gpu() -> None:
     plain = FeatureExtractor(cfg(device="cuda", input_size=224, batch_size=16))
     fast = FeatureExtractor(cfg(device="cuda", input_size=224, batch_size=48, precision="bf16",
                                 channels_last=True, fuse=True))
+    fast_s2d = FeatureExtractor(cfg(device="cuda", input_size=224, batch_size=48, precision="bf16",
+                                    channels_last=True, fuse=True, space_to_depth=True))
     cpu = FeatureExtractor(cfg(device="cpu", input_size=224, batch_size=16))
     ref = {r.probe.video: r.features for r in plain.run(videos)}
-    got = {r.probe.video: r.features for r in fast.run(videos)}
+    for path in (fast, fast_s2d):
+        got = {r.probe.video: r.features for r in path.run(videos)}
+        for v in ref:
+            for s in ("rgb", "flow"):
+                a, b = torch.from_numpy(ref[v][s]), torch.from_numpy(got[v][s])
+                assert a.shape == b.shape == (17, 1024)
+                cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+                assert cos.min() >= 0.999, (path.cfg.space_to_depth, v, s, cos.min().item())
     on_cpu = cpu.extract(videos[0])
-    for v in ref:
-        for s in ("rgb", "flow"):
-            a, b = torch.from_numpy(ref[v][s]), torch.from_numpy(got[v][s])
-            assert a.shape == b.shape == (17, 1024)
-            cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
-            assert cos.min() >= 0.999, (v, s, cos.min().item())
     for s in ("rgb", "flow"):
         cos = torch.nn.functional.cosine_similarity(torch.from_numpy(on_cpu[s]), torch.from_numpy(ref["v0"][s]), dim=1)
         assert cos.min() >= 0.99999, (s, cos.min().item())

@@ -179,9 +179,37 @@ def test_fused_model_computes_the_same_features() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
     assert all(m.separable for m in fused.modules() if isinstance(m, MaxPool3dSamePadding))
     x = torch.randn(2, 3, 8, 64, 64, generator=torch.Generator().manual_seed(4))
+    s2d = model.fused_for_inference(space_to_depth=True)
+    assert s2d.Conv3d_1a_7x7.s2d_weight.shape == (64, 24, 4, 4, 4) and fused.Conv3d_1a_7x7.s2d_weight is None
     with torch.no_grad():
-        ref, got = model.features(x), fused.features(x)
+        ref, got, got_s2d = model.features(x), fused.features(x), s2d.features(x)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    torch.testing.assert_close(got_s2d, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    assert set(s2d.state_dict()) - set(fused.state_dict()) == {"Conv3d_1a_7x7.s2d_weight"}
+
+
+@pytest.mark.parametrize("channels,shape", [(3, (8, 224, 224)), (2, (8, 224, 224)), (3, (9, 57, 63)),
+                                            (2, (7, 32, 33)), (3, (1, 5, 6))])
+def test_space_to_depth_stem_equals_the_strided_convolution(channels: int, shape: tuple[int, ...]) -> None:
+    """The 7x7x7 stride-2 stem as a 4x4x4 convolution over 8 input phases: same output, SAME padding
+    included, for even and odd sizes and clips shorter than the kernel."""
+    gen = torch.Generator().manual_seed(channels * 100 + shape[-1])
+    unit = init_random(Unit3D(channels, 64, (7, 7, 7), stride=(2, 2, 2)), 5).eval()
+    with torch.no_grad():
+        unit.bn.running_mean.normal_(0, 0.5, generator=gen)
+        unit.bn.running_var.uniform_(0.5, 2.0, generator=gen)
+        unit.bn.bias.normal_(0, 0.5, generator=gen)
+    x = torch.randn(2, channels, *shape, generator=gen)
+    with torch.no_grad():
+        ref = unit(x)
+        with pytest.raises(ValueError, match="fold the BatchNorm first"):
+            unit.to_space_to_depth()
+        unit.fold_batch_norm()
+        unit.to_space_to_depth()
+        assert unit.s2d_weight.shape == (64, channels * 8, 4, 4, 4)
+        got = unit(x)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
 
