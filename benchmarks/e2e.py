@@ -498,6 +498,21 @@ def run_stage(project: Path, stage: str, dataset: str, use_dvc: bool, sampler: S
     return rec
 
 
+def measured_stage(project: Path, stage: str, dataset: str, use_dvc: bool, args: argparse.Namespace, gpu: Any,
+                   logs: Path, stride: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one stage measured (:func:`run_stage`), then its fixed cost and its work and rate; returns
+    (record, the run's work so far)."""
+    rec = run_stage(project, stage, dataset, use_dvc, Sampler(args.interval, gpu), logs, args.stage_timeout)
+    if rec["rc"] == 0:
+        rec["fixed_cost_s"] = round(fixed_cost(project, stage, dataset, use_dvc), 2)
+    work = work_done(project, dataset, stride)
+    quantity, rate = STAGE_UNITS[stage]
+    if work.get(quantity):
+        rec["work"] = {quantity: work[quantity]}
+        rec[rate] = round(work[quantity] / rec["wall_s"], 2)
+    return rec, work
+
+
 def fixed_cost(project: Path, stage: str, dataset: str, use_dvc: bool) -> float:
     """Seconds a stage costs whatever its size: importing its module (``python -m pipeline.<stage> --help``)
     plus, with DVC, a ``dvc repro`` of the now up-to-date stage (DVC start-up, lock and hash checks)."""
@@ -587,14 +602,7 @@ def rerun_stage(project: Path, stage: str, dataset: str, stride: int, args: argp
     """
     out = project / "data" / dataset / RERUN_DIRS[stage]
     out.rename(out.with_name(out.name + ".before_rerun"))
-    rec = run_stage(project, stage, dataset, False, Sampler(args.interval, gpu), logs, args.stage_timeout)
-    if rec["rc"] == 0:
-        rec["fixed_cost_s"] = round(fixed_cost(project, stage, dataset, False), 2)
-    work = work_done(project, dataset, stride)
-    quantity, rate = STAGE_UNITS[stage]
-    if work.get(quantity):
-        rec["work"] = {quantity: work[quantity]}
-        rec[rate] = round(work[quantity] / rec["wall_s"], 2)
+    rec, work = measured_stage(project, stage, dataset, False, args, gpu, logs, stride)
     rec["extrapolated_s"] = {name: extrapolate({stage: rec}, work, stride, args.layout,
                                                list(args.size or LAYOUTS[args.layout]["size"]))[name]["stage_s"][stage]
                              for name in TARGETS}
@@ -685,14 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in order:
         log.info("%s ...", stage)
         use_dvc = not args.no_dvc and stage != "overlap"   # overlap fills DVC's outputs; the stages record them
-        rec = run_stage(project, stage, dataset, use_dvc, Sampler(args.interval, gpu), logs, args.stage_timeout)
-        if rec["rc"] == 0:
-            rec["fixed_cost_s"] = round(fixed_cost(project, stage, dataset, use_dvc), 2)
-        work = work_done(project, dataset, stride)
-        quantity, rate = STAGE_UNITS[stage]
-        if work.get(quantity):
-            rec["work"] = {quantity: work[quantity]}
-            rec[rate] = round(work[quantity] / rec["wall_s"], 2)
+        rec, work = measured_stage(project, stage, dataset, use_dvc, args, gpu, logs, stride)
         if stage == "overlap" and work.get("crop_frames"):
             rec["work"]["crop_frames"] = work["crop_frames"]
         if stage == "train" and work.get("trained_models"):
