@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -527,12 +526,6 @@ def fixed_cost(project: Path, stage: str, dataset: str, use_dvc: bool) -> float:
 
 RERUN_DIRS = {"crop": "faces", "flow": "flow", "features": "features"}   # stage: its per-video output folder
 CALIBRATED = {"crop": "frames", "flow": "flow", "features": "rgb", "train": None}   # stage: rows key of its files
-TRAIN_MODEL_LINE = re.compile(r"\b(fold_\S+|final): \d+ training windows, ([\d.]+) s on")
-
-
-def train_compute_s(log_text: str) -> dict[str, float]:
-    """{model: seconds spent inside its training} from the train stage's log lines."""
-    return {m.group(1): float(m.group(2)) for m in TRAIN_MODEL_LINE.finditer(log_text)}
 
 
 def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any], work: dict[str, Any],
@@ -578,8 +571,10 @@ def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any]
         if per_unit > 0 and fixed >= 0:
             out["fit"] = {"fixed_s": round(fixed, 3), "s_per_unit": per_unit}
         return out
-    compute_all = train_compute_s((logs / "train.log").read_text(errors="replace"))
-    compute_one = train_compute_s((logs / "train_calibration.log").read_text(errors="replace")).get(moved.name)
+    from pipeline.train import model_seconds
+
+    compute_all = model_seconds((logs / "train.log").read_text(errors="replace"))
+    compute_one = model_seconds((logs / "train_calibration.log").read_text(errors="replace")).get(moved.name)
     if len(compute_all) < 2 or compute_one is None:
         out["note"] = "the train stage's per-model lines were not found in its logs: no fit"
         return out

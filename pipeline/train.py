@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 CODE_VERSION = 1
 PREDICTION_COLUMNS = ["video", "subject", "fold", "epoch", "onset", "offset", "type", "score"]
 EpochCallback = Callable[[int, dict[str, float]], None]
+# one line per trained model; benchmarks/e2e.py --calibrate reads the seconds back (model_seconds)
+MODEL_LOG = "%s: %d training windows, %.1f s on %s, final loss %.4f"
+_MODEL_LINE = re.compile(r"\b(fold_\S+|final): \d+ training windows, ([\d.]+) s on ")
 
 
 @dataclass
@@ -343,6 +347,11 @@ class FoldJob:
     device: str
 
 
+def model_seconds(log_text: str) -> dict[str, float]:
+    """{model (``fold_<subject>`` or ``final``): seconds it spent training} from this stage's log text."""
+    return {m.group(1): float(m.group(2)) for m in _MODEL_LINE.finditer(log_text)}
+
+
 def train_fold(prep: Prepared, job: FoldJob, fold: str) -> pd.DataFrame | None:
     """Train fold ``fold`` (a held-out subject, or ``final``): write its checkpoint, dvclive logs and,
     for a LOSO fold, its out-of-fold predictions (returned; None for ``final``)."""
@@ -358,8 +367,7 @@ def train_fold(prep: Prepared, job: FoldJob, fold: str) -> pd.DataFrame | None:
                                          on_epoch=live, desc=name)
     finally:
         live.close()
-    log.info("%s: %d training windows, %.1f s on %s, final loss %.4f", name, len(train_idx),
-             time.perf_counter() - t0, prep.bank.data.device, hist[-1]["loss"])
+    log.info(MODEL_LOG, name, len(train_idx), time.perf_counter() - t0, prep.bank.data.device, hist[-1]["loss"])
     if fold != "final":
         preds.insert(1, "subject", fold)
         preds.insert(2, "fold", fold)

@@ -13,10 +13,9 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.e2e import train_compute_s
 from models.iaenet import load_checkpoint, load_model_preset
 from pipeline.errors import ConfigError, InputError
-from pipeline.train import PREDICTION_COLUMNS, fold_seed, lr_factor
+from pipeline.train import PREDICTION_COLUMNS, fold_seed, lr_factor, model_seconds
 
 VIDEOS = {  # video: (subject, feature steps)
     "a1": ("s1", 150), "a2": ("s1", 90), "b1": ("s2", 160), "c1": ("s3", 140), "c2": ("s3", 30),
@@ -91,7 +90,7 @@ def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="pipeline.train"):
         workspace.run("train", "tiny")
     # the per-model training seconds that benchmarks/e2e.py --calibrate reads from the stage's log
-    compute = train_compute_s(caplog.text)
+    compute = model_seconds(caplog.text)
     assert set(compute) == {"fold_s1", "fold_s2", "fold_s3", "final"} and all(v >= 0 for v in compute.values())
     runs = workspace.out("tiny", "runs")
     preds = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
