@@ -198,7 +198,6 @@ class Unit3D(nn.Module):
         self.conv3d = new
         self.bn = None
 
-
     @torch.no_grad()
     def to_space_to_depth(self) -> None:
         """Compute this strided convolution as a stride-1 one on space-to-depth input, in place.
@@ -224,18 +223,17 @@ class Unit3D(nn.Module):
                                        requires_grad=False)
 
     def _forward_space_to_depth(self, x: torch.Tensor, pads: list[tuple[int, int]]) -> torch.Tensor:
-        strides = self.stride
+        st, sh, sw = self.stride
         # SAME padding, plus up to stride-1 zeros at the end so every dimension splits into whole phases
         sizes = [int(n) + f + b for n, (f, b) in zip(x.shape[-3:], pads)]
-        extra = [(-n) % st for n, st in zip(sizes, strides)]
+        extra = [(-size) % s for size, s in zip(sizes, self.stride)]
         x = F.pad(x, _flat_pad([(f, b + e) for (f, b), e in zip(pads, extra)]))
         bsz, c, t, h, w = x.shape
-        (st, sh, sw) = strides
         x = x.reshape(bsz, c, t // st, st, h // sh, sh, w // sw, sw).permute(0, 1, 3, 5, 7, 2, 4, 6)
         x = x.reshape(bsz, c * st * sh * sw, t // st, h // sh, w // sw)
         if self.conv3d.weight.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        n = [(size - k) // s + 1 for size, k, s in zip(sizes, self.kernel_shape, strides)]
+        n = [(size - k) // s + 1 for size, k, s in zip(sizes, self.kernel_shape, self.stride)]
         x = F.conv3d(x, self.s2d_weight, self.conv3d.bias)[:, :, :n[0], :n[1], :n[2]]
         return F.relu(x) if self.activation else x
 

@@ -24,9 +24,9 @@ float16 flow) and is normalised and resized there once per frame; clips are stri
 views (``unfold``) of that tensor, gathered into batches that span videos; ``inflight``
 batches (2) stay queued on the device while the host waits for the oldest one's features
 and prepares the next, so a slow moment of the host (a video's first copy, an output
-file's fsync) does not leave the device idle. Fast-path
-options (``precision: bf16``, ``channels_last``, ``fuse``, ``space_to_depth``, ``compile``)
-are checked against the plain fp32 path in tests.
+file's fsync) does not leave the device idle. Fast-path options (``precision: bf16``,
+``channels_last``, ``fuse``, ``space_to_depth``, ``compile``) are checked against the
+plain fp32 path in tests.
 
 A video with fewer than ``clip + 1`` frames has no clip: it gets no features file and a
 row in ``data/<ds>/features/skipped.csv`` (video, n_frames, reason), which later stages
@@ -113,7 +113,6 @@ class FeatureConfig:
     # Keys added after outputs existed: in the digest only when set, so older outputs keep theirs.
     LATER = {"space_to_depth": False}
 
-
     @classmethod
     def from_params(cls, section: Mapping[str, Any], where: str = "params.yaml: features") -> "FeatureConfig":
         """Build from the params section (``weights: {rgb, flow}`` nested); unknown keys are refused."""
@@ -128,8 +127,8 @@ class FeatureConfig:
             cfg = cls(**{**cfg.__dict__, "seed": int(cfg.seed), "input_size": int(cfg.input_size),
                          "clip": int(cfg.clip), "stride": int(cfg.stride), "flow_bound": float(cfg.flow_bound),
                          "batch_size": int(cfg.batch_size), "inflight": int(cfg.inflight),
-                         "prefetch": int(cfg.prefetch),
-                         "read_threads": int(cfg.read_threads), "read_workers": int(cfg.read_workers)})
+                         "prefetch": int(cfg.prefetch), "read_threads": int(cfg.read_threads),
+                         "read_workers": int(cfg.read_workers)})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: bad value ({exc}).") from exc
         if cfg.backbone not in BACKBONES:
@@ -137,8 +136,7 @@ class FeatureConfig:
         if cfg.precision not in PRECISIONS:
             raise ConfigError(f"{where}.precision '{cfg.precision}' is not one of {', '.join(PRECISIONS)}.")
         for key, low in (("input_size", 32), ("clip", 1), ("stride", 1), ("batch_size", 1), ("inflight", 1),
-                         ("prefetch", 1),
-                         ("read_threads", 0), ("read_workers", 0)):
+                         ("prefetch", 1), ("read_threads", 0), ("read_workers", 0)):
             if getattr(cfg, key) < low:
                 raise ConfigError(f"{where}.{key} must be at least {low}, got {getattr(cfg, key)}.")
         if cfg.flow_bound <= 0:
