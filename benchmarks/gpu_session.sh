@@ -43,6 +43,9 @@ T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-220}; T_TRAIN=$
 T_E2E=${T_E2E:-480}; T_CROP=${T_CROP:-150}; CROP_THREADS=${CROP_THREADS:-16}
 # the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused; no compile:
 # its ~70 s per process is not repaid at this scale); E2E_PARAMS="" runs params.yaml's fp32 defaults
+# 16 videos x 40 s = 19.2k frames, 1/13 of CAS(ME)^2 (~4 min through dvc repro on an H100);
+# a local check of this script: E2E_SCALE="--subjects 2 --duration-s 5" E2E_RECIPE=tiny
+E2E_SCALE=${E2E_SCALE:-"--subjects 8 --videos-per-subject 2 --duration-s 40"}; E2E_RECIPE=${E2E_RECIPE:-full}
 E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.batch_size=256 --param train.precision=bf16"}
 landmarks() {  # the dlib 68-point model from its two pieces, where the crop stage and bench_crop find it
   mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models
@@ -102,8 +105,8 @@ for s in $STEPS; do
          fi
          echo "$s: stages [$stages], options [$extra], params [$E2E_PARAMS]" | tee -a "$OUT/steps.txt"
          rm -rf /tmp/e2e_work
-         step "$s" "$T_E2E" python3 benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 \
-           --duration-s 40 --recipe full --stages $stages $E2E_PARAMS --workdir /tmp/e2e_work --keep \
+         step "$s" "$T_E2E" python3 benchmarks/e2e.py --layout casme2 $E2E_SCALE --recipe "$E2E_RECIPE" \
+           --stages $stages $E2E_PARAMS --workdir /tmp/e2e_work --keep \
            --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json"
          # every stage's own log, in one file (at most 8 files come back)
          tar -czf "$OUT/${s}_stage_logs.tgz" -C /tmp/e2e_work logs 2>/dev/null ;;
