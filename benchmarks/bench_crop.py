@@ -27,7 +27,14 @@ videos at 200 fps ~ 3,340, of which the 30 fps resampling keeps ~500. The per-vi
 (reference detection ~45 ms, fsync) weigh on short videos: ``--frames 200`` shows them.
 
 Prints one JSON object (machine, versions, figures). Not part of pytest; no assertion.
-Usage: ``python benchmarks/bench_crop.py [--source synth|noise] [--frames N] [--threads 2] [--size 224]``.
+``--videos N`` adds the all-cores run (``all_cores`` in each scenario): N copies of the video
+over ``--jobs`` processes (default: every core), one video per process with ``crop.threads``
+threads, through the stage's own runner, against decode alone in the same processes and
+threads. That is how the stage runs a dataset; ``--threads 16`` instead spreads one video
+over 16 threads, which its serial parts (reference detection, chunk writes, fsync) bound.
+
+Usage: ``python benchmarks/bench_crop.py [--source synth|noise] [--frames N] [--threads 2] [--size 224]
+[--videos 32 --jobs 16]``.
 """
 
 from __future__ import annotations
@@ -105,6 +112,67 @@ def time_decode(paths: list[str], color: bool, threads: int) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
+def _decode_count(paths: list[str], color: bool, threads: int) -> int:
+    """Decode every frame at full size (one video of the all-cores run); returns the frame count."""
+    source = ImageFolderSource("bench", paths, color, threads)
+    for _pos, res in source.map(lambda p, f: f.shape, batch=64):
+        assert not isinstance(res, Exception), res
+    return len(paths)
+
+
+def stage_tasks(paths: list[str], color: bool, folder: Path, params: dict, n: int) -> list[VideoTask]:
+    """``n`` crop tasks over the same frames, each with its own output file (as the stage builds them)."""
+    tasks = []
+    for k in range(n):
+        payload = {"params": params, "subject": "1", "fps": 30.0, "kind": "frames",
+                   "source": str(Path(paths[0]).parent), "color": int(color), "positions": list(range(len(paths))),
+                   "source_frames": list(range(1, len(paths) + 1)), "paths": paths}
+        tasks.append(VideoTask(f"bench_{k}", folder / f"bench_{k}.h5", digest(params), payload))
+    return tasks
+
+
+def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos: int, jobs: int,
+              repeats: int) -> dict:
+    """Frames/s of decode alone and of the crop stage over ``videos`` videos in ``jobs`` processes.
+
+    This is how the stage runs a dataset: one video per process (``crop.threads`` threads
+    each) through :func:`pipeline.runner.map_videos`. The processes are started and their
+    dlib models loaded by a first, untimed run; each timed stage run is paired with a
+    decode-alone run just before it (the same videos, processes and threads).
+    """
+    from joblib import Parallel, delayed
+
+    from pipeline.runner import map_videos
+
+    threads = int(params["threads"])
+    cfg = ParallelConfig(backend="loky", n_jobs=jobs)
+
+    def stage_run() -> float:
+        tasks = stage_tasks(paths, color, folder, params, videos)
+        for t in tasks:
+            t.output.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        map_videos(crop_video, tasks, stage="crop", parallel=cfg)
+        return videos * len(paths) / (time.perf_counter() - t0)
+
+    def decode_run() -> float:
+        t0 = time.perf_counter()
+        total = sum(Parallel(n_jobs=jobs, backend="loky")(
+            delayed(_decode_count)(paths, color, threads) for _ in range(videos)))
+        return total / (time.perf_counter() - t0)
+
+    stage_run()  # start the workers, load the models
+    runs = []
+    for _ in range(repeats):
+        decode = decode_run()
+        stage = stage_run()
+        runs.append((decode, stage))
+    return {"videos": videos, "processes": jobs, "threads_per_video": threads,
+            "decode_fps": round(max(d for d, _ in runs), 1), "stage_fps": round(max(s for _, s in runs), 1),
+            "stage_vs_decode": round(float(np.median([s / d for d, s in runs])), 3),
+            "stage_vs_decode_runs": [round(s / d, 3) for d, s in runs]}
+
+
 def time_stage(paths: list[str], color: bool, out: Path, params: dict) -> tuple[float, dict]:
     """Frames/s of the whole per-video crop (models already loaded)."""
     payload = {"params": params, "subject": "1", "fps": 30.0, "kind": "frames", "source": str(Path(paths[0]).parent),
@@ -148,6 +216,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3, help="decode + stage pairs per variant (median ratio)")
+    ap.add_argument("--compressions", default=",".join(CODECS),
+                    help=f"crop.compression variants of the one-video runs (default: all, {','.join(CODECS)})")
+    ap.add_argument("--no-area", action="store_true", help="skip the interpolation: area variant")
+    ap.add_argument("--videos", type=int, default=0,
+                    help="also the all-cores run: this many videos over --jobs processes, one video per process "
+                         "with crop.threads threads, as the stage runs a dataset (0: skip)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes of the all-cores run")
+    ap.add_argument("--stage-threads", type=int, default=None,
+                    help="crop.threads per video in the all-cores run (default: params.yaml's)")
     args = ap.parse_args()
     base = CropParams(size=args.size, threads=args.threads)
     t0 = time.perf_counter()
@@ -167,8 +244,9 @@ def main() -> None:
                 render_s = None
             fig: dict = {"frames": frames, "threads": args.threads, "size": args.size, "render_s": render_s,
                          "jpeg_bytes_per_frame": round(sum(os.path.getsize(q) for q in paths) / len(paths))}
-            variants = {comp: {"compression": comp} for comp in CODECS}
-            variants[f"{base.compression}_area"] = {"interpolation": "area"}
+            variants = {comp: {"compression": comp} for comp in args.compressions.split(",")}
+            if not args.no_area:
+                variants[f"{base.compression}_area"] = {"interpolation": "area"}
             decodes: list[float] = []
             for comp, change in variants.items():
                 params = {**base.__dict__, **change}
@@ -188,6 +266,11 @@ def main() -> None:
                 fig["box_side"] = summary["box_side"]
             fig["decode_fps"] = round(max(decodes), 1)
             fig["decode_fps_range"] = [round(min(decodes), 1), round(max(decodes), 1)]
+            if args.videos:
+                threads = args.stage_threads or CropParams().threads
+                params = {**base.__dict__, "threads": threads}
+                fig["all_cores"] = all_cores(paths, sc["color"], Path(tmp) / f"{name}_all", params, args.videos,
+                                             args.jobs, args.repeats)
             figures[name] = fig
     print(json.dumps({"benchmark": "crop", "machine": machine(), "figures": figures}, indent=2))
 

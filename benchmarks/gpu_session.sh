@@ -8,7 +8,7 @@
 #   STEPS="e2e crop tests" WHEELS=".whl2 .whl3 .whl4" bash benchmarks/gpu_session.sh  # carry .whl2, .whl3, .whl4, .m68b
 #   STEPS="flow" WHEELS=".whl .whl_cv" ...              # the OpenCV TV-L1 baseline too (carry .whl_cv)
 # Measured on 2026-11-26 (H100): machine start ~30 s; features_compile 135 s; e2e (19.2k frames,
-# through dvc repro, every stage) 242 s; crop (bench_crop, 16 threads) 83 s; tests 32 s.
+# through dvc repro, every stage) 242 s; crop (bench_crop --threads 16, one video only) 83 s; tests 32 s.
 #
 # Wheels: WHEELS (folders, default .whl) hold what the machine lacks, as cp312 manylinux
 # wheels, in ignored folders (.git/info/exclude): .whl: hdf5plugin (trimmed to its Blosc
@@ -40,7 +40,7 @@ fi
 if ls .m68a/* >/dev/null 2>&1; then mkdir -p /tmp/m68p && cp .m68a/* /tmp/m68p/; fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-220}; T_TRAIN=${T_TRAIN:-150}
-T_E2E=${T_E2E:-480}; T_CROP=${T_CROP:-150}; CROP_THREADS=${CROP_THREADS:-16}
+T_E2E=${T_E2E:-480}; T_CROP=${T_CROP:-180}; CROP_THREADS=${CROP_THREADS:-2}
 # the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused; no compile:
 # its ~70 s per process is not repaid at this scale); E2E_PARAMS="" runs params.yaml's fp32 defaults
 # 16 videos x 40 s = 19.2k frames, 1/13 of CAS(ME)^2 (~4 min through dvc repro on an H100);
@@ -110,10 +110,11 @@ for s in $STEPS; do
            --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json"
          # every stage's own log, in one file (at most 8 files come back)
          tar -czf "$OUT/${s}_stage_logs.tgz" -C /tmp/e2e_work logs 2>/dev/null ;;
-    # the crop stage against decode alone (issue 4) with more cores: one video, CROP_THREADS threads each
+    # the crop stage against decode alone (issue 4) on all cores, as the stage runs a dataset: 16 videos
+    # over one process per core (2 threads each), plus the one-video figures at CROP_THREADS threads
     crop) landmarks || continue
           step crop_bench "$T_CROP" sh -c "for t in $CROP_THREADS; do python3 benchmarks/bench_crop.py --threads \$t \
-            > $OUT/bench_crop_t\$t.json || exit; done" ;;
+            --compressions blosc-lz4,none --no-area --repeats 2 --videos 16 > $OUT/bench_crop_t\$t.json || exit; done" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40
