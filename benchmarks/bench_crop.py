@@ -120,15 +120,17 @@ def _decode_count(paths: list[str], color: bool, threads: int) -> int:
     return len(paths)
 
 
+def crop_task(paths: list[str], color: bool, out: Path, params: dict, video: str = "bench") -> VideoTask:
+    """The crop stage's task for the frames ``paths`` (a video of its own), written to ``out``."""
+    payload = {"params": params, "subject": "1", "fps": 30.0, "kind": "frames", "source": str(Path(paths[0]).parent),
+               "color": int(color), "positions": list(range(len(paths))),
+               "source_frames": list(range(1, len(paths) + 1)), "paths": paths}
+    return VideoTask(video, out, digest(params), payload)
+
+
 def stage_tasks(paths: list[str], color: bool, folder: Path, params: dict, n: int) -> list[VideoTask]:
     """``n`` crop tasks over the same frames, each with its own output file (as the stage builds them)."""
-    tasks = []
-    for k in range(n):
-        payload = {"params": params, "subject": "1", "fps": 30.0, "kind": "frames",
-                   "source": str(Path(paths[0]).parent), "color": int(color), "positions": list(range(len(paths))),
-                   "source_frames": list(range(1, len(paths) + 1)), "paths": paths}
-        tasks.append(VideoTask(f"bench_{k}", folder / f"bench_{k}.h5", digest(params), payload))
-    return tasks
+    return [crop_task(paths, color, folder / f"bench_{k}.h5", params, f"bench_{k}") for k in range(n)]
 
 
 def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos: int, jobs: int,
@@ -175,10 +177,7 @@ def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos:
 
 def time_stage(paths: list[str], color: bool, out: Path, params: dict) -> tuple[float, dict]:
     """Frames/s of the whole per-video crop (models already loaded)."""
-    payload = {"params": params, "subject": "1", "fps": 30.0, "kind": "frames", "source": str(Path(paths[0]).parent),
-               "color": int(color), "positions": list(range(len(paths))),
-               "source_frames": list(range(1, len(paths) + 1)), "paths": paths}
-    task = VideoTask("bench", out, digest(params), payload)
+    task = crop_task(paths, color, out, params)
     out.unlink(missing_ok=True)
     t0 = time.perf_counter()
     summary = crop_video(task)
