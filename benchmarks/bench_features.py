@@ -169,6 +169,11 @@ def run_stream_set(extractor: FeatureExtractor, probes: list, pin: bool, workers
     return clips, time.perf_counter() - start
 
 
+def host_fraction(extractor: FeatureExtractor, secs: float) -> dict[str, float]:
+    """Share of a pass of ``secs`` seconds that the host thread spent in each part of the loop."""
+    return {k: round(v / secs, 3) for k, v in extractor.host_seconds.items()}
+
+
 def diagnose(extractor: FeatureExtractor, probes: list, pin: bool, workers: int, pool: Any,
              reps: int) -> dict[str, Any]:
     """Where an end-to-end pass loses time against the model alone, by changing one thing at a time.
@@ -181,13 +186,11 @@ def diagnose(extractor: FeatureExtractor, probes: list, pin: bool, workers: int,
     out: dict[str, Any] = {}
     items = [read_video(p, pin=pin, streams=extractor.streams) for p in probes]
     clips, secs = run_stream_set(extractor, [], pin, workers, pool, resident=items * reps)
-    out["resident"] = {"clips_per_s": round(clips / secs, 1),
-                       "host_fraction": {k: round(v / secs, 3) for k, v in extractor.host_seconds.items()}}
+    out["resident"] = {"clips_per_s": round(clips / secs, 1), "host_fraction": host_fraction(extractor, secs)}
     for depth in sorted({1, 3} - {extractor.cfg.inflight}):
         other = extractor.with_options(inflight=depth)
         clips, secs = run_stream_set(other, probes * reps, pin, workers, pool)
-        out[f"inflight_{depth}"] = {"clips_per_s": round(clips / secs, 1),
-                                    "host_fraction": {k: round(v / secs, 3) for k, v in other.host_seconds.items()}}
+        out[f"inflight_{depth}"] = {"clips_per_s": round(clips / secs, 1), "host_fraction": host_fraction(other, secs)}
     log.info("%s diagnosis: %s", "+".join(extractor.streams), json.dumps(out))
     return out
 
@@ -237,7 +240,7 @@ def bench_path(path: str, args: argparse.Namespace, inputs: list[tuple], peak: f
                  "clips_per_s_per_stream": round(rate, 1), "setup_and_warmup_s": round(setup_s, 1),
                  "tflops": round(rate * gflop * len(streams) / 1e3, 1),
                  # where the host thread's time went in the measured pass (the rest: consuming results)
-                 "host_fraction": {k: round(v / secs, 3) for k, v in extractor.host_seconds.items()}}
+                 "host_fraction": host_fraction(extractor, secs)}
         if peak:
             entry["bf16_peak_fraction"] = round(rate * gflop * len(streams) / 1e3 / peak, 4)
         if len(streams) == 1 and args.diagnose:

@@ -524,8 +524,9 @@ def fixed_cost(project: Path, stage: str, dataset: str, use_dvc: bool) -> float:
     return time.perf_counter() - t0
 
 
-RERUN_DIRS = {"crop": "faces", "flow": "flow", "features": "features"}   # stage: its per-video output folder
-CALIBRATED = {"crop": "frames", "flow": "flow", "features": "rgb", "train": None}   # stage: rows key of its files
+PER_VIDEO_OUTPUTS = {"crop": ("faces", "frames"), "flow": ("flow", "flow"), "features": ("features", "rgb")}
+# stage: (its per-video output folder, the dataset whose rows are its units)
+CALIBRATED = (*PER_VIDEO_OUTPUTS, "train")
 
 
 def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any], work: dict[str, Any],
@@ -552,9 +553,10 @@ def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any]
     else:
         import h5py
 
-        moved = sorted((base / RERUN_DIRS[stage]).glob("*.h5"))[0]
+        folder, key = PER_VIDEO_OUTPUTS[stage]
+        moved = sorted((base / folder).glob("*.h5"))[0]
         with h5py.File(moved, "r") as f:
-            units_one = int(f[CALIBRATED[stage]].shape[0])
+            units_one = int(f[key].shape[0])
     shutil.move(str(moved), str(aside / moved.name))
     # per-video outputs are persist: true, so `dvc repro --force` reruns the stage over them and it computes
     # the one missing video; train's runs/ is not, and DVC would delete every fold first: run it directly
@@ -595,12 +597,11 @@ def rerun_stage(project: Path, stage: str, dataset: str, stride: int, args: argp
     The record is a stage's (wall time, work, rate, memory, GPU) plus its extrapolated seconds at
     CAS(ME)^2 and SAMM-LV scale under the same rule as the run's stages.
     """
-    out = project / "data" / dataset / RERUN_DIRS[stage]
+    out = project / "data" / dataset / PER_VIDEO_OUTPUTS[stage][0]
     out.rename(out.with_name(out.name + ".before_rerun"))
     rec, work = measured_stage(project, stage, dataset, False, args, gpu, logs, stride)
-    rec["extrapolated_s"] = {name: extrapolate({stage: rec}, work, stride, args.layout,
-                                               list(args.size or LAYOUTS[args.layout]["size"]))[name]["stage_s"][stage]
-                             for name in TARGETS}
+    scaled = extrapolate({stage: rec}, work, stride, args.layout, list(args.size or LAYOUTS[args.layout]["size"]))
+    rec["extrapolated_s"] = {name: scaled[name]["stage_s"][stage] for name in TARGETS}
     log.info("%s alone: rc %s, %.1f s", stage, rec["rc"], rec["wall_s"])
     return rec
 
@@ -629,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="before the crop stage, run python -m pipeline.overlap (crop on the CPU while the GPU "
                          "solves TV-L1 on the crops already written); the crop and flow stages then find their "
                          "outputs complete and only record them (needs flow.impl torch: auto on a GPU)")
-    ap.add_argument("--rerun", nargs="+", choices=sorted(RERUN_DIRS), default=[],
+    ap.add_argument("--rerun", nargs="+", choices=sorted(PER_VIDEO_OUTPUTS), default=[],
                     help="after the run, recompute these stages alone (their outputs moved aside, python -m "
                          "pipeline.<stage>), e.g. flow after --overlap measured crop and flow together")
     ap.add_argument("--calibrate", action="store_true",
