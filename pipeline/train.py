@@ -348,8 +348,52 @@ class FoldJob:
 
 
 def model_seconds(log_text: str) -> dict[str, float]:
-    """{model (``fold_<subject>`` or ``final``): seconds it spent training} from this stage's log text."""
+    """{model (``fold_<subject>`` or ``final``): seconds it spent training} from this stage's log text,
+    in the order the models were trained."""
     return {m.group(1): float(m.group(2)) for m in _MODEL_LINE.finditer(log_text)}
+
+
+def window_passes(n_train: int, n_test: int, cfg: TrainConfig) -> int:
+    """The windows one model goes through: every training window in every epoch (forward and
+    backward) plus every held-out window in every predicted epoch (forward and post-processing).
+
+    This, not the frames, is what a model's training time follows: training windows are the
+    windows that hold an annotated interval, so their number grows with the intervals.
+    ``benchmarks/e2e.py`` extrapolates the train stage by it. The two kinds count alike: on an
+    H200 (``bench_train.py``, CAS(ME)^2 size) a training window cost 0.19 ms per epoch and a
+    held-out window about 0.17 ms per predicted epoch.
+    """
+    predicted = max(0, cfg.epochs - cfg.first_predicted_epoch + 1)
+    return int(n_train) * cfg.epochs + int(n_test) * predicted
+
+
+def loso_window_passes(lengths: Mapping[str, int], annotations: pd.DataFrame, subjects: Mapping[str, str],
+                       preset: Mapping[str, Any], cfg: TrainConfig, final: bool = True) -> dict[str, int]:
+    """{model: :func:`window_passes`} of a LOSO run (every fold, then ``final`` if asked) over
+    videos of ``lengths`` feature steps, with the windows the train stage builds."""
+    spec = WindowSpec.from_preset(preset)
+    train = make_train_windows(lengths, annotations, spec)
+    test = make_test_windows(lengths, spec)
+    train_subject = np.array([subjects[v] for v in train.video], dtype=object)
+    test_subject = np.array([subjects[v] for v in test.video], dtype=object)
+    out = {f"fold_{s}": window_passes(int((train_subject != s).sum()), int((test_subject == s).sum()), cfg)
+           for s in sorted(set(subjects.values()))}
+    if final:
+        out["final"] = window_passes(len(train), 0, cfg)
+    return out
+
+
+def model_recipe(ctx: StageContext, preset_dir: str | Path | None = None,
+                 model_preset: str | None = None) -> tuple[dict[str, Any], TrainConfig]:
+    """The resolved IAENet preset and training recipe of the dataset: its model preset (``model_preset``,
+    else ``train.model_preset`` or the dataset's ``model_preset``, from ``preset_dir``, default
+    ``train.preset_dir`` or ``configs``) with the ``train`` params applied."""
+    p = ctx.section("train")
+    preset_name = model_preset or p.get("model_preset") or ctx.dataset.get("model_preset")
+    if not preset_name:
+        raise ConfigError(f"configs/datasets/{ctx.name}.yaml: no model_preset (e.g. iaenet_casme2).")
+    preset = resolve_preset(load_model_preset(preset_name, preset_dir or p.get("preset_dir") or "configs"), p)
+    return preset, TrainConfig.from_preset(preset, p)
 
 
 def train_fold(prep: Prepared, job: FoldJob, fold: str) -> pd.DataFrame | None:
@@ -413,11 +457,7 @@ def run(ctx: StageContext) -> None:
     the sequential run.
     """
     p = ctx.section()
-    preset_name = p.get("model_preset") or ctx.dataset.get("model_preset")
-    if not preset_name:
-        raise ConfigError(f"configs/datasets/{ctx.name}.yaml: no model_preset (e.g. iaenet_casme2).")
-    preset = resolve_preset(load_model_preset(preset_name, p.get("preset_dir") or "configs"), p)
-    cfg = TrainConfig.from_preset(preset, p)
+    preset, cfg = model_recipe(ctx)
     device = resolve_device(str(p.get("device") or "auto"))
     fold_workers = 1 if p.get("fold_workers") is None else int(p["fold_workers"])
     if fold_workers < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 
 import h5py
 import numpy as np
@@ -15,7 +16,8 @@ import yaml
 
 from models.iaenet import load_checkpoint, load_model_preset
 from pipeline.errors import ConfigError, InputError
-from pipeline.train import PREDICTION_COLUMNS, fold_seed, lr_factor, model_seconds
+from pipeline.train import (PREDICTION_COLUMNS, fold_seed, load_inputs, loso_window_passes, lr_factor, model_recipe,
+                            model_seconds, prepare, window_passes)
 
 VIDEOS = {  # video: (subject, feature steps)
     "a1": ("s1", 150), "a2": ("s1", 90), "b1": ("s2", 160), "c1": ("s3", 140), "c2": ("s3", 30),
@@ -83,6 +85,29 @@ def _setup(workspace) -> None:
     workspace.set_params("train", epochs=12, warmup_epochs=2, batch_size=4, lr=3e-3, device="cpu", seed=3)
     _write_features(workspace.root)
     _write_tables(workspace.root)
+
+
+def test_window_passes_count_the_windows_each_model_trains_and_predicts(workspace, one_thread, caplog) -> None:
+    """benchmarks/e2e.py extrapolates the train stage by these counts: they must be the stage's own."""
+    _setup(workspace)
+    workspace.set_params("train", epochs=3, warmup_epochs=1)
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        workspace.run("train", "tiny")
+    ctx = workspace.context("train", "tiny")
+    preset, cfg = model_recipe(ctx)
+    assert (cfg.epochs, cfg.first_predicted_epoch) == (3, 2)
+    features, annotations, subjects, _ = load_inputs(ctx, int(preset["window"]["feature_stride"]))
+    passes = loso_window_passes({v: len(f) for v, f in features.items()}, annotations, subjects, preset, cfg)
+    assert set(passes) == {"fold_s1", "fold_s2", "fold_s3", "final"}
+    prep = prepare(features, annotations, subjects, preset)
+    logged = {m: int(n) for m, n in re.findall(r"\b(fold_\S+|final): (\d+) training windows", caplog.text)}
+    for fold in ("s1", "s2", "s3"):
+        n_train = int((prep.train_subject != fold).sum())
+        n_test = int((prep.test_subject == fold).sum())
+        assert n_train == logged[f"fold_{fold}"] and n_test > 0
+        assert passes[f"fold_{fold}"] == n_train * 3 + n_test * 2      # 3 epochs trained, epochs 2 and 3 predicted
+    assert passes["final"] == len(prep.train) * 3 == logged["final"] * 3
+    assert window_passes(10, 7, cfg) == 44
 
 
 def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
