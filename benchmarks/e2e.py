@@ -33,7 +33,7 @@ Run on a lent GPU machine (one command; 16 videos x 40 s at 640x480, 19.2k frame
 published recipe; measured in ``benchmarks/RESULTS.md``):
 
     python benchmarks/e2e.py --layout casme2 --subjects 8 --videos-per-subject 2 --duration-s 40 \\
-        --recipe full --stage-timeout 300 --out "$OUT/e2e_gpu.json"
+        --recipe full --calibrate --stage-timeout 300 --out "$OUT/e2e_gpu.json"
 
 CPU proof of function (a minute or two on 2 cores; the second with crop and flow overlapped,
 which needs the torch TV-L1 solver):
@@ -99,10 +99,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 TARGETS: dict[str, dict[str, Any]] = {   # the real datasets' sizes
     "CAS(ME)^2": {"source_frames": 248_000, "source_fps": 30, "target_fps": 30, "subjects": 22,
-                  "layout": "casme2", "source_size": [640, 480]},
+                  "layout": "casme2", "source_size": [640, 480],
+                  "model_preset": "iaenet_casme2", "table": "casme2_annotation_357.csv"},
     "SAMM-LV": {"source_frames": 491_000, "source_fps": 200, "target_fps": 30, "subjects": 30,
-                "layout": "samm", "source_size": [2040, 1088]},
+                "layout": "samm", "source_size": [2040, 1088],
+                "model_preset": "iaenet_samm", "table": "samm_annotation.csv"},
 }
+# the real datasets' annotation tables (shared/reference/annotations): the train stage's work at their scale
+REFERENCE_DIR_ENV = "M2ES_REFERENCE_DIR"
 
 EXTRAPOLATION_RULE = (
     "Per stage: fixed_cost_s + (wall_s - fixed_cost_s) / measured units x target units (linear in the work, same "
@@ -110,15 +114,20 @@ EXTRAPOLATION_RULE = (
     "(imports) plus a `dvc repro` of the up-to-date stage (DVC start-up and checks). Units: ingest = source "
     "frames; resample, crop, evaluate = kept frames (source frames x "
     "target_fps / source_fps); flow = frame pairs, taken as the kept frames (one pair fewer per video); features = "
-    "clips per stream = kept frames / features.stride; train = frames in the training subjects summed over the "
-    "trained models = kept frames x subjects (LOSO folds x (S-1)/S of the frames, plus the final model on all), "
-    "assuming subjects of equal size. synth is not part of a real run and is left out. Start-up costs beyond "
+    "clips per stream = kept frames / features.stride; train = window passes summed over the trained models "
+    "(pipeline.train.window_passes: training windows x epochs + held-out windows x predicted epochs; training "
+    "windows are those holding an annotated interval, so a model's time follows them, not the frames), at the "
+    "target from its real annotation table (shared/reference/annotations: video lengths and intervals, mapped as "
+    "ingest and resample map them) with the run's training recipe; without the table train is not "
+    "extrapolated. synth is not part of a real run and is left out. Start-up costs beyond "
     "the fixed cost (model builds, loading dlib, worker processes, first-batch compilation) count as work, so a "
     "small run overestimates, unless the stage was calibrated (--calibrate): then its time is the straight line "
     "through two runs of it, the whole run and the same stage with one video's output (train: one fold's) "
     "removed, i.e. fixed_s + s_per_unit x units, where fixed_s holds every start-up cost; for train the line "
-    "is fixed_s + s_per_model x models + compute s_per_unit x units, the compute being the seconds the stage "
-    "logs inside each model's training (models at the target: subjects + the final model). crop and "
+    "is fixed_s + warmup_s + s_per_model x models + s_per_unit x window passes, where s_per_unit is the seconds "
+    "the stage logs inside each model's training per window pass over every model but the first, warmup_s what "
+    "the first model took beyond that (CUDA and cuDNN start-up), s_per_model the per-model overhead outside "
+    "training (models at the target: its subjects + the final model). crop and "
     "ingest depend on the source resolution, so a target is comparable only when its layout and frame size match "
     "the run's ('comparable' below); flow, features and train depend on the recipe.")
 
@@ -323,8 +332,7 @@ def work_done(project: Path, dataset: str, stride: int) -> dict[str, Any]:
     if res.is_file():
         v = pd.read_csv(res, dtype={"subject": str})
         out.update(videos=len(v), kept_frames=int(v["n_frames"].sum()), subjects=int(v["subject"].nunique()))
-        per_subject = v.groupby("subject")["n_frames"].sum()
-        out["_per_subject_frames"] = {str(k): int(x) for k, x in per_subject.items()}
+        out["_model_passes"] = run_window_passes(project, dataset, v)
     if (base / "faces").is_dir():
         out["crop_frames"] = _h5_rows(base / "faces", "frames")
         out["faces_bytes"] = sum(p.stat().st_size for p in (base / "faces").glob("*.h5"))
@@ -339,9 +347,99 @@ def work_done(project: Path, dataset: str, stride: int) -> dict[str, Any]:
         folds = sorted(p.name.removeprefix("fold_") for p in runs.glob("fold_*") if (p / "model.pt").is_file())
         final = (runs / "final" / "model.pt").is_file()
         out.update(loso_folds=len(folds), final_model=final, trained_models=len(folds) + int(final))
-        frames = out.get("_per_subject_frames", {})
-        total = sum(frames.values())
-        out["train_fold_frames"] = sum(total - frames.get(f, 0) for f in folds) + (total if final else 0)
+        passes = out.get("_model_passes", {})
+        out["train_window_passes"] = sum(passes.get(m, 0) for m in [*(f"fold_{f}" for f in folds),
+                                                                    *(["final"] if final else [])])
+    return out
+
+
+def train_context(project: Path, dataset: str) -> Any:
+    """The train stage's context of the project copy (its params.yaml and dataset preset)."""
+    from pipeline.stage import make_context
+
+    return make_context("train", dataset, project / "params.yaml", project / "data",
+                        project / "configs" / "datasets")
+
+
+def run_window_passes(project: Path, dataset: str, videos: Any) -> dict[str, int]:
+    """{model: window passes} of the run's LOSO (pipeline.train.loso_window_passes) from the resample
+    stage's videos (lengths in feature steps as the features stage counts them) and annotations."""
+    from pipeline.features import clip_count
+    from pipeline.tables import read_annotations
+    from pipeline.train import loso_window_passes, model_recipe
+
+    ctx = train_context(project, dataset)
+    ann_path = project / "data" / dataset / "resample" / "annotations.csv"
+    if not ann_path.is_file():
+        return {}
+    preset, cfg = model_recipe(ctx, project / "configs")
+    feats = ctx.section("features")
+    lengths = {str(r.video): clip_count(int(r.n_frames), int(feats["clip"]), int(feats["stride"]))
+               for r in videos.itertuples()}
+    subjects = {str(r.video): str(r.subject) for r in videos.itertuples()}
+    return loso_window_passes({k: n for k, n in lengths.items() if n > 0}, read_annotations(ann_path), subjects,
+                              preset, cfg)
+
+
+def reference_dir(arg: Path | None) -> Path:
+    """``--reference-dir``, else ``$M2ES_REFERENCE_DIR``, else ``shared/reference/annotations`` beside
+    the repository."""
+    if arg is not None:
+        return arg
+    env = os.environ.get(REFERENCE_DIR_ENV)
+    return Path(env) if env else REPO.parent / "shared" / "reference" / "annotations"
+
+
+def reference_videos(table: Path, source_fps: float, target_fps: float, max_duration_s: float | None,
+                     clip: int, stride: int) -> tuple[dict[str, int], Any, dict[str, str]]:
+    """(feature steps per video, intervals at ``target_fps``, subject per video) of a real dataset from its
+    reference annotation table (the published tooling's CSV: video path, subject, type_idx 1 macro / 2 micro,
+    1-based startFrame and endFrame, frame_num), mapped as ingest and resample map them: 0-based frames, onsets
+    before the first frame clipped, intervals longer than ``max_duration_s`` dropped, then the kept frames."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.features import clip_count
+    from pipeline.resample import kept_positions, remap_intervals
+
+    df = pd.read_csv(table, dtype={"subject": str})
+    df["vid"] = df["video"].map(lambda v: Path(str(v)).name)
+    lengths, subjects, parts = {}, {}, []
+    for vid, g in df.groupby("vid", sort=True):
+        kept = kept_positions(int(g["frame_num"].iloc[0]), source_fps, target_fps)
+        lengths[vid], subjects[vid] = clip_count(len(kept), clip, stride), str(g["subject"].iloc[0])
+        on = np.clip(g["startFrame"].to_numpy() - 1, 0, None)
+        off = g["endFrame"].to_numpy() - 1
+        keep = np.ones(len(g), bool) if max_duration_s is None else (off - on + 1) / source_fps <= max_duration_s
+        on, off = on[keep], off[keep]
+        new_on, new_apex, new_off = remap_intervals(on, (on + off) // 2, off, kept)
+        parts.append(pd.DataFrame({"video": vid, "subject": subjects[vid], "onset": new_on, "apex": new_apex,
+                                   "offset": new_off,
+                                   "type": np.where(g["type_idx"].to_numpy()[keep] == 2, "micro", "macro")}))
+    return {v: n for v, n in lengths.items() if n > 0}, pd.concat(parts, ignore_index=True), subjects
+
+
+def target_window_passes(project: Path, dataset: str, ref_dir: Path, final: bool) -> dict[str, dict[str, int] | None]:
+    """{target: {model: window passes}} of a LOSO run on each real dataset (its table in ``ref_dir``) with the
+    run's training recipe and the target's model preset; None for a target whose table is missing."""
+    from pipeline.train import loso_window_passes, model_recipe
+
+    ctx = train_context(project, dataset)
+    feats, res = ctx.section("features"), ctx.section("resample")
+    max_s = res.get("max_duration_s")
+    out: dict[str, dict[str, int] | None] = {}
+    for name, target in TARGETS.items():
+        table = ref_dir / target["table"]
+        if not table.is_file():
+            log.warning("%s: no reference table %s (--reference-dir or $%s): train not extrapolated to %s",
+                        name, table, REFERENCE_DIR_ENV, name)
+            out[name] = None
+            continue
+        lengths, ann, subjects = reference_videos(table, target["source_fps"], target["target_fps"],
+                                                  None if max_s is None else float(max_s),
+                                                  int(feats["clip"]), int(feats["stride"]))
+        preset, cfg = model_recipe(ctx, project / "configs", model_preset=target["model_preset"])
+        out[name] = loso_window_passes(lengths, ann, subjects, preset, cfg, final=final)
     return out
 
 
@@ -352,42 +450,46 @@ STAGE_UNITS: dict[str, tuple[str, str]] = {   # stage: (measured quantity, throu
     "crop": ("crop_frames", "frames_per_s"),
     "flow": ("flow_pairs", "pairs_per_s"),
     "features": ("feature_clips_per_stream", "clips_per_s_per_stream"),
-    "train": ("train_fold_frames", "fold_frames_per_s"),
+    "train": ("train_window_passes", "window_passes_per_s"),
     "evaluate": ("kept_frames", "frames_per_s"),
     "overlap": ("flow_pairs", "pairs_per_s"),
 }
 
 
-def target_units(target: dict[str, Any], stride: int) -> dict[str, float]:
-    """The units of work of a real dataset under the extrapolation rule."""
+def target_units(target: dict[str, Any], stride: int, passes: dict[str, int] | None) -> dict[str, float | None]:
+    """The units of work of a real dataset under the extrapolation rule (train: the sum of ``passes``)."""
     kept = target["source_frames"] * target["target_fps"] / target["source_fps"]
     return {"ingest": target["source_frames"], "resample": kept, "overlap": kept, "crop": kept, "flow": kept,
-            "features": kept / stride, "train": kept * target["subjects"], "evaluate": kept}
+            "features": kept / stride, "train": None if passes is None else sum(passes.values()), "evaluate": kept}
 
 
 def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride: int,
-                layout: str, size: list[int], dvc_s_per_gb: float | None = None) -> dict[str, Any]:
+                layout: str, size: list[int], dvc_s_per_gb: float | None = None,
+                train_passes: dict[str, dict[str, int] | None] | None = None) -> dict[str, Any]:
     """Extrapolated seconds per stage and in total for CAS(ME)^2 and SAMM-LV.
 
-    With ``dvc_s_per_gb`` (runs without DVC), also the bytes of crops and flow at the target's
-    scale and what DVC's hashing and caching of them would add (``total_with_dvc_s``).
+    ``train_passes``: each target's {model: window passes} (:func:`target_window_passes`); a target
+    without them gets no train figure. With ``dvc_s_per_gb`` (runs without DVC), also the bytes of
+    crops and flow at the target's scale and what DVC's hashing and caching of them would add
+    (``total_with_dvc_s``).
     """
     out: dict[str, Any] = {"rule": EXTRAPOLATION_RULE}
     for name, target in TARGETS.items():
-        units = target_units(target, stride)
+        passes = (train_passes or {}).get(name)
+        units = target_units(target, stride, passes)
         if "overlap" not in stages:
             units.pop("overlap")
         per_stage, total = {}, 0.0
         for stage, n in units.items():
             rec = stages.get(stage)
             measured = work.get(STAGE_UNITS[stage][0])
-            if not rec or rec.get("rc") != 0 or not measured:
+            if not rec or rec.get("rc") != 0 or not measured or n is None:
                 per_stage[stage] = None
                 continue
             fit = rec.get("calibration", {}).get("fit")
             if fit and stage == "train":
-                models = target["subjects"] + int(bool(work.get("final_model")))
-                secs = fit["fixed_s"] + fit["s_per_model"] * models + fit["s_per_unit"] * n
+                secs = (fit["fixed_s"] + fit["warmup_s"] + fit["s_per_model"] * len(passes or {})
+                        + fit["s_per_unit"] * n)
             elif fit:
                 secs = fit["fixed_s"] + fit["s_per_unit"] * n
             else:
@@ -396,7 +498,7 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
             per_stage[stage] = round(secs, 1)
             total += secs
         done = all(v is not None for v in per_stage.values())
-        out[name] = {"units": {k: round(v) for k, v in units.items()}, "stage_s": per_stage,
+        out[name] = {"units": {k: None if v is None else round(v) for k, v in units.items()}, "stage_s": per_stage,
                      "total_s": round(total, 1) if done else None,
                      "total_h": round(total / 3600, 2) if done else None,
                      "comparable": {"crop_ingest_resolution": layout == target["layout"]
@@ -527,6 +629,19 @@ def fixed_cost(project: Path, stage: str, dataset: str, use_dvc: bool) -> float:
 PER_VIDEO_OUTPUTS = {"crop": ("faces", "frames"), "flow": ("flow", "flow"), "features": ("features", "rgb")}
 # stage: (its per-video output folder, the dataset whose rows are its units)
 CALIBRATED = (*PER_VIDEO_OUTPUTS, "train")
+PROCESS_PER_VIDEO = ("crop",)  # stages that run one video per process on the CPU cores
+
+
+def all_at_once(stage: str, work: dict[str, Any], n_jobs: int, cpus: int) -> bool:
+    """Whether a one-video-per-process stage ran every video at once (no more videos than processes).
+
+    Then its run with one video fewer takes about as long (the videos ran side by side), and the
+    line through the two runs measures DVC's hashing and the contention, not the stage's rate; the
+    linear rule is right instead: at the target each process goes through videos/processes times
+    the work, and the run's in-stage start-up (process start, dlib's models) is small.
+    """
+    processes = cpus if n_jobs < 0 else n_jobs
+    return stage in PROCESS_PER_VIDEO and 0 < int(work.get("videos") or 0) <= processes
 
 
 def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any], work: dict[str, Any],
@@ -536,11 +651,10 @@ def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any]
     Per-video stages: the first video's file is moved aside and the stage recomputes it alone,
     every start-up cost included: wall = fixed_s + s_per_unit x units through this run and the
     whole one. train: the first LOSO fold is moved aside and ``python -m pipeline.train`` retrains
-    it alone (DVC would delete the whole non-persistent ``runs/`` first); with the seconds each
-    model spent training (the stage's log) the two runs give fixed_s (stage start-up) and
-    s_per_model (per-model overhead: dvclive, checkpoint, predictions; here also DVC's own
-    overhead spread over the models, which errs high), and the compute scales with the
-    training frames.
+    it alone (DVC would delete the whole non-persistent ``runs/`` first); :func:`train_fit` then
+    splits its time into start-up, first-model warm-up, per-model overhead (dvclive, checkpoint;
+    here also DVC's own overhead spread over the models, which errs high) and compute per
+    window pass.
     """
     base = project / "data" / dataset
     aside = logs.parent / "calibration_aside" / stage
@@ -548,8 +662,7 @@ def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any]
     quantity = STAGE_UNITS[stage][0]
     if stage == "train":
         fold = sorted(p for p in (base / "runs").glob("fold_*") if (p / "model.pt").is_file())[0]
-        frames = work["_per_subject_frames"]
-        units_one, moved = sum(frames.values()) - frames.get(fold.name.removeprefix("fold_"), 0), fold
+        units_one, moved = work["_model_passes"][fold.name], fold
     else:
         import h5py
 
@@ -573,20 +686,35 @@ def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any]
         if per_unit > 0 and fixed >= 0:
             out["fit"] = {"fixed_s": round(fixed, 3), "s_per_unit": per_unit}
         return out
+    out.update(train_fit(logs, wall_all, out, work["_model_passes"]))
+    return out
+
+
+def train_fit(logs: Path, wall_all: float, calibration: dict[str, Any], passes: dict[str, int]) -> dict[str, Any]:
+    """The train stage's time line from its two runs' logs (``train.log``, ``train_calibration.log``):
+    the seconds each model spent training (:func:`pipeline.train.model_seconds`, in training order) and
+    its window passes give s_per_unit over every model but the first, and warmup_s, what the first
+    model took beyond that; the time outside training in the whole run and in the one-model run
+    gives s_per_model and fixed_s (stage start-up). Returns models, compute_s, compute_one_s and fit
+    (absent, with a note, when the logs or the numbers do not allow one)."""
     from pipeline.train import model_seconds
 
     compute_all = model_seconds((logs / "train.log").read_text(errors="replace"))
-    compute_one = model_seconds((logs / "train_calibration.log").read_text(errors="replace")).get(moved.name)
-    if len(compute_all) < 2 or compute_one is None:
-        out["note"] = "the train stage's per-model lines were not found in its logs: no fit"
-        return out
-    overhead_all, overhead_one = wall_all - sum(compute_all.values()), one["wall_s"] - compute_one
-    per_model = (overhead_all - overhead_one) / (len(compute_all) - 1)
-    fixed = overhead_one - per_model
-    out.update(models=len(compute_all), compute_s=round(sum(compute_all.values()), 2), compute_one_s=compute_one)
+    compute_one = model_seconds((logs / "train_calibration.log").read_text(errors="replace")).get(
+        calibration["removed"])
+    names = list(compute_all)
+    if len(names) < 2 or compute_one is None or any(m not in passes for m in names):
+        return {"note": "the train stage's per-model lines (or their window passes) were not found: no fit"}
+    out: dict[str, Any] = {"models": len(names), "compute_s": round(sum(compute_all.values()), 2),
+                           "compute_one_s": compute_one}
+    rest = names[1:]
+    per_unit = sum(compute_all[m] for m in rest) / sum(passes[m] for m in rest)
+    warmup = max(0.0, compute_all[names[0]] - per_unit * passes[names[0]])
+    per_model = ((wall_all - sum(compute_all.values())) - (calibration["wall_s"] - compute_one)) / (len(names) - 1)
+    fixed = calibration["wall_s"] - compute_one - per_model
     if per_model >= 0 and fixed >= 0:
-        out["fit"] = {"fixed_s": round(fixed, 3), "s_per_model": round(per_model, 3),
-                      "s_per_unit": sum(compute_all.values()) / units_all}
+        out["fit"] = {"fixed_s": round(fixed, 3), "warmup_s": round(warmup, 3), "s_per_model": round(per_model, 3),
+                      "s_per_unit": per_unit}
     return out
 
 
@@ -604,6 +732,64 @@ def rerun_stage(project: Path, stage: str, dataset: str, stride: int, args: argp
     rec["extrapolated_s"] = {name: scaled[name]["stage_s"][stage] for name in TARGETS}
     log.info("%s alone: rc %s, %.1f s", stage, rec["rc"], rec["wall_s"])
     return rec
+
+
+def refit(args: argparse.Namespace) -> int:
+    """Recompute an earlier run's train calibration and extrapolation under the current rule.
+
+    The earlier JSON (``--refit``) keeps its measured wall times; the train stage's per-model
+    seconds come from its logs (``--logs``: ``train.log``, ``train_calibration.log``) and the
+    window passes of each model from the same synthetic dataset regenerated in ``--workdir``
+    (same layout, scale and recipe; checked by its frame count), so a run measured before the
+    train unit was window passes can be extrapolated without a second lease.
+    """
+    from pipeline.train import model_seconds
+
+    result = json.loads(args.refit.read_text())
+    cfg = result["config"]
+    dataset = f"e2e_{cfg['layout']}"
+    project = args.workdir / "project"
+    stride = int(result["work"].get("features_stride") or 2)
+    local = work_done(project, dataset, stride)
+    if not local.get("_model_passes") or local.get("kept_frames") != result["work"].get("kept_frames"):
+        raise SystemExit(f"{project}: no regenerated dataset matching {args.refit} (kept frames "
+                         f"{local.get('kept_frames')} here, {result['work'].get('kept_frames')} there). Run this "
+                         "script with the earlier run's layout, scale, recipe and params and --stages synth ingest "
+                         f"resample --keep --workdir {args.workdir} first.")
+    passes = local["_model_passes"]
+    trained = list(model_seconds((args.logs / "train.log").read_text(errors="replace")))
+    work = {**result["work"], "_model_passes": passes, "train_window_passes": sum(passes[m] for m in trained)}
+    train = result["stages"].get("train")
+    if train is not None:
+        for key in ("work", "fold_frames_per_s", "window_passes_per_s"):
+            train.pop(key, None)
+        train["work"] = {"train_window_passes": work["train_window_passes"]}
+        train["window_passes_per_s"] = round(work["train_window_passes"] / train["wall_s"], 2)
+        cal = train.get("calibration")
+        if cal:
+            for key in ("fit", "note", "models", "compute_s", "compute_one_s"):
+                cal.pop(key, None)
+            cal["units"] = passes[cal["removed"]]
+            cal.update(train_fit(args.logs, train["wall_s"], cal, passes))
+    result["work"] = {k: v for k, v in work.items() if not k.startswith("_") and k != "train_fold_frames"}
+    for stage in PROCESS_PER_VIDEO:
+        cal = result["stages"].get(stage, {}).get("calibration")
+        if cal and "fit" in cal and all_at_once(stage, work, int(cfg.get("n_jobs", -1)),
+                                                int(result["machine"].get("cpu_count") or 1)):
+            cal["fit_unused"] = cal.pop("fit")
+            cal["note"] = "every video ran at once: the linear rule applies (all_at_once())"
+    train_passes = target_window_passes(project, dataset, reference_dir(args.reference_dir),
+                                        final=bool(work.get("final_model", True)))
+    no_dvc = cfg.get("runner", "").startswith("python")
+    result["extrapolated"] = extrapolate(result["stages"], work, stride, cfg["layout"], cfg["source_size"],
+                                         args.dvc_s_per_gb if no_dvc else None, train_passes)
+    result["refit"] = {"from": str(args.refit), "logs": str(args.logs),
+                       "how": "train calibration and extrapolation recomputed by e2e.py --refit (refit())"}
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -642,8 +828,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where the project copy goes (default: a tmp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the project copy")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here (after every stage)")
+    ap.add_argument("--reference-dir", type=Path, default=None,
+                    help="the real datasets' annotation tables, for the train stage's work at their scale "
+                         f"(default ${REFERENCE_DIR_ENV}, else shared/reference/annotations beside the repository)")
+    ap.add_argument("--refit", type=Path, default=None, metavar="RESULT_JSON",
+                    help="instead of a run: recompute the train calibration and the extrapolation of an earlier "
+                         "run's JSON (from a GPU machine, say) with its stage logs (--logs) and its dataset, "
+                         "regenerated in --workdir by this script with the same options and --stages synth ingest "
+                         "resample --keep (the synthetic data are seeded); see refit()")
+    ap.add_argument("--logs", type=Path, default=None, help="with --refit: the earlier run's stage logs folder")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.refit is not None:
+        if args.workdir is None or args.logs is None:
+            ap.error("--refit needs --workdir (the regenerated project) and --logs (the earlier run's stage logs)")
+        return refit(args)
     if not args.no_dvc:
         try:
             import dvc  # noqa: F401
@@ -704,7 +903,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r["rc"] == 0 for r in result["stages"].values())
     work = work_done(project, dataset, stride)
     # after --overlap the crop and flow stages only recorded what the overlap computed: nothing to calibrate
-    calibrated = [s for s in CALIBRATED if s in result["stages"] and not (args.overlap and s in ("crop", "flow"))]
+    calibrated = [s for s in CALIBRATED if s in result["stages"] and not (args.overlap and s in ("crop", "flow"))
+                  and not all_at_once(s, work, args.n_jobs, os.cpu_count() or 1)]
     for stage in calibrated if ok and args.calibrate else []:
         log.info("%s again with one output removed (calibration) ...", stage)
         rec = result["stages"][stage]
@@ -721,8 +921,12 @@ def main(argv: list[str] | None = None) -> int:
     result["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     result["total_wall_s_without_synth"] = round(sum(r["wall_s"] for s, r in result["stages"].items()
                                                      if s != "synth"), 1)
+    train_passes = None
+    if "train" in result["stages"]:
+        train_passes = target_window_passes(project, dataset, reference_dir(args.reference_dir),
+                                            final=bool(work.get("final_model", True)))
     result["extrapolated"] = extrapolate(result["stages"], work, stride, args.layout, size,
-                                         args.dvc_s_per_gb if args.no_dvc else None)
+                                         args.dvc_s_per_gb if args.no_dvc else None, train_passes)
     dump()
     print(json.dumps(result, indent=2, default=str))
     ok = all(r["rc"] == 0 for r in [*result["stages"].values(), *result.get("reruns", {}).values(),
