@@ -3,12 +3,19 @@
 # GPU-marked tests and the GPU benchmarks, write everything to $OUT.
 # Each step has its own time limit so one slow step cannot starve the others.
 #
-# The plan for one 15-minute lease (two calls; the second within the 30 s the machine stays warm):
-#   STEPS="profile features_compile" FEAT_EXTRA=--space-to-depth bash benchmarks/gpu_session.sh  # carry .whl, .m68a
-#   STEPS="e2e crop tests" WHEELS=".whl2 .whl3 .whl4" bash benchmarks/gpu_session.sh  # carry .whl2, .whl3, .whl4, .m68b
+# The plan for one 15-minute lease (two calls; the second within the 30 s the machine stays warm),
+# as run on the fourth lease (H100, 2026-11-26: 250 s + 426 s of commands, 709 s held in all):
+#   STEPS="profile features_compile tests" FEAT_EXTRA=--space-to-depth WHEELS=".whl .whl2" \
+#     bash benchmarks/gpu_session.sh                    # carry .whl, .whl2, .m68a
+#   STEPS="e2e crop" WHEELS=".whl3 .whl4" T_E2E=400 T_CROP=160 bash benchmarks/gpu_session.sh
+#                                                       # carry .whl3, .whl4, .m68b, .ref
 #   STEPS="flow" WHEELS=".whl .whl_cv" ...              # the OpenCV TV-L1 baseline too (carry .whl_cv)
-# Measured on 2026-11-26 (H100): machine start ~30 s; features_compile 135 s; e2e (19.2k frames,
-# through dvc repro, every stage) 242 s; crop (bench_crop --threads 16, one video only) 83 s; tests 32 s.
+# Measured on 2026-11-26 (H100): machine start ~30 s; profile 50 s; features_compile 150 s; tests 41 s;
+# e2e with --calibrate (19.2k frames, through dvc repro, every stage, then four stages again) 273 s;
+# crop (bench_crop, one video at 2 threads and 16 videos over 16 processes, both layouts) 131 s.
+# .ref/ holds the real annotation tables (shared/reference/annotations/*.csv, 76 kB): with it the e2e
+# step extrapolates the train stage to CAS(ME)^2 and SAMM-LV (M2ES_REFERENCE_DIR); without it, the
+# run's JSON is refitted here afterwards (benchmarks/e2e.py --refit).
 #
 # Wheels: WHEELS (folders, default .whl) hold what the machine lacks, as cp312 manylinux
 # wheels, in ignored folders (.git/info/exclude): .whl: hdf5plugin (trimmed to its Blosc
@@ -41,12 +48,12 @@ if ls .m68a/* >/dev/null 2>&1; then mkdir -p /tmp/m68p && cp .m68a/* /tmp/m68p/;
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-220}; T_TRAIN=${T_TRAIN:-150}
 T_E2E=${T_E2E:-480}; T_CROP=${T_CROP:-180}; CROP_THREADS=${CROP_THREADS:-2}
-# the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused; no compile:
-# its ~70 s per process is not repaid at this scale); E2E_PARAMS="" runs params.yaml's fp32 defaults
+# the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused, space-to-depth
+# stem; no compile: its ~50 s per process is not repaid at this scale); E2E_PARAMS="" runs the fp32 defaults
 # 16 videos x 40 s = 19.2k frames, 1/13 of CAS(ME)^2 (~4 min through dvc repro on an H100);
 # a local check of this script: E2E_SCALE="--subjects 2 --duration-s 5" E2E_RECIPE=tiny
 E2E_SCALE=${E2E_SCALE:-"--subjects 8 --videos-per-subject 2 --duration-s 40"}; E2E_RECIPE=${E2E_RECIPE:-full}
-E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.batch_size=256 --param train.precision=bf16"}
+E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.space_to_depth=true --param features.batch_size=256 --param train.precision=bf16"}
 landmarks() {  # the dlib 68-point model from its two pieces, where the crop stage and bench_crop find it
   mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models
   [ -s /tmp/m68/shape_predictor_68_face_landmarks.dat ] || cat /tmp/m68p/* .m68b/* | python3 -c \
@@ -105,6 +112,7 @@ for s in $STEPS; do
          fi
          echo "$s: stages [$stages], options [$extra], params [$E2E_PARAMS]" | tee -a "$OUT/steps.txt"
          rm -rf /tmp/e2e_work
+         [ -d .ref ] && export M2ES_REFERENCE_DIR="$PWD/.ref"
          step "$s" "$T_E2E" python3 benchmarks/e2e.py --layout casme2 $E2E_SCALE --recipe "$E2E_RECIPE" \
            --stages $stages $E2E_PARAMS --workdir /tmp/e2e_work --keep \
            --param crop.models_dir=/tmp/m68 --stage-timeout 300 $extra --out "$OUT/${s/e2e/e2e_gpu}.json"
