@@ -487,7 +487,7 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
                 per_stage[stage] = None
                 continue
             fit = rec.get("calibration", {}).get("fit")
-            if fit and stage == "train":
+            if fit and "s_per_model" in fit:  # train, folds one after another (train_fit)
                 secs = (fit["fixed_s"] + fit["warmup_s"] + fit["s_per_model"] * len(passes or {})
                         + fit["s_per_unit"] * n)
             elif fit:
@@ -680,13 +680,26 @@ def calibrate_stage(project: Path, stage: str, dataset: str, rec: dict[str, Any]
     if one["rc"] != 0 or not units_all or units_all <= units_one:
         out["log_tail"] = one.get("log_tail")
         return out
-    if stage != "train":
-        per_unit = (wall_all - one["wall_s"]) / (units_all - units_one)
-        fixed = one["wall_s"] - per_unit * units_one
-        if per_unit > 0 and fixed >= 0:
-            out["fit"] = {"fixed_s": round(fixed, 3), "s_per_unit": per_unit}
-        return out
-    out.update(train_fit(logs, wall_all, out, work["_model_passes"]))
+    out.update(line_fit(project, dataset, stage, logs, wall_all, units_all, out, work.get("_model_passes", {})))
+    return out
+
+
+def line_fit(project: Path, dataset: str, stage: str, logs: Path, wall_all: float, units_all: float,
+             calibration: dict[str, Any], passes: dict[str, int]) -> dict[str, Any]:
+    """The stage's time line through the whole run (``wall_all`` s, ``units_all`` units) and its
+    calibration run (``calibration``: wall_s, units): fixed_s + s_per_unit x units; for train with
+    folds one after another, :func:`train_fit` instead. Returns {"fit": ...} (and notes), or only
+    notes when the two points give no line with positive cost per unit."""
+    out: dict[str, Any] = {}
+    if stage == "train":
+        workers = int(train_context(project, dataset).section("train").get("fold_workers") or 1)
+        if workers == 1:
+            return train_fit(logs, wall_all, calibration, passes)
+        out["note"] = f"train.fold_workers {workers}: folds side by side, so the line is wall time against passes"
+    per_unit = (wall_all - calibration["wall_s"]) / (units_all - calibration["units"])
+    fixed = calibration["wall_s"] - per_unit * calibration["units"]
+    if per_unit > 0 and fixed >= 0:
+        out["fit"] = {"fixed_s": round(fixed, 3), "s_per_unit": per_unit}
     return out
 
 
@@ -770,7 +783,8 @@ def refit(args: argparse.Namespace) -> int:
             for key in ("fit", "note", "models", "compute_s", "compute_one_s"):
                 cal.pop(key, None)
             cal["units"] = passes[cal["removed"]]
-            cal.update(train_fit(args.logs, train["wall_s"], cal, passes))
+            cal.update(line_fit(project, dataset, "train", args.logs, train["wall_s"], work["train_window_passes"],
+                                cal, passes))
     result["work"] = {k: v for k, v in work.items() if not k.startswith("_") and k != "train_fold_frames"}
     for stage in PROCESS_PER_VIDEO:
         cal = result["stages"].get(stage, {}).get("calibration")

@@ -49,11 +49,13 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-220}; T_TRAIN=${T_TRAIN:-150}
 T_E2E=${T_E2E:-480}; T_CROP=${T_CROP:-180}; CROP_THREADS=${CROP_THREADS:-2}
 # the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused, space-to-depth
-# stem; no compile: its ~50 s per process is not repaid at this scale); E2E_PARAMS="" runs the fp32 defaults
+# stem; no compile: its ~50 s per process is not repaid at this scale); train in bf16 with 4 folds at a time on
+# the one GPU (the fourth lease's train, one fold at a time, kept the GPU 17% busy: the slowest stage at
+# scale, 263 s of CAS(ME)^2's 14 min); E2E_PARAMS="" runs the fp32 defaults
 # 16 videos x 40 s = 19.2k frames, 1/13 of CAS(ME)^2 (~4 min through dvc repro on an H100);
 # a local check of this script: E2E_SCALE="--subjects 2 --duration-s 5" E2E_RECIPE=tiny
 E2E_SCALE=${E2E_SCALE:-"--subjects 8 --videos-per-subject 2 --duration-s 40"}; E2E_RECIPE=${E2E_RECIPE:-full}
-E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.space_to_depth=true --param features.batch_size=256 --param train.precision=bf16"}
+E2E_PARAMS=${E2E_PARAMS-"--param features.precision=bf16 --param features.channels_last=true --param features.fuse=true --param features.space_to_depth=true --param features.batch_size=256 --param train.precision=bf16 --param train.fold_workers=4"}
 landmarks() {  # the dlib 68-point model from its two pieces, where the crop stage and bench_crop find it
   mkdir -p /tmp/m68 /tmp/site/face_recognition_models/models
   [ -s /tmp/m68/shape_predictor_68_face_landmarks.dat ] || cat /tmp/m68p/* .m68b/* | python3 -c \
