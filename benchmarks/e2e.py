@@ -29,6 +29,13 @@ hashing and the stages' checks). Its record is ``stages.overlap`` (pairs/s of th
 together), extrapolated like a stage by the flow pairs. ``--rerun flow`` then recomputes the flow
 stage alone on the same crops (record ``reruns.flow``), which gives its own rate too.
 
+``--calibrate`` times crop, flow, features and train a second time with one video's output
+(one fold) removed, so the extrapolation follows the line through two runs instead of scaling
+start-up costs with the work (:func:`calibrate_stage`). Train is extrapolated by window passes
+(:func:`pipeline.train.window_passes`), at the target from the real annotation tables
+(``--reference-dir``); ``--refit`` redoes the calibration and extrapolation of an earlier run's
+JSON from its logs and its regenerated dataset (:func:`refit`).
+
 Run on a lent GPU machine (one command; 16 videos x 40 s at 640x480, 19.2k frames, the
 published recipe; measured in ``benchmarks/RESULTS.md``):
 
