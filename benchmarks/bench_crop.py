@@ -32,6 +32,8 @@ over ``--jobs`` processes (default: every core), one video per process with ``cr
 threads, through the stage's own runner, against decode alone in the same processes and
 threads. That is how the stage runs a dataset; ``--threads 16`` instead spreads one video
 over 16 threads, which its serial parts (reference detection, chunk writes, fsync) bound.
+``--all-cores-compressions blosc-lz4,none`` repeats the all-cores run per codec
+(``all_cores_none``...), which separates the codec's cost from the disk writes'.
 
 Usage: ``python benchmarks/bench_crop.py [--source synth|noise] [--frames N] [--threads 2] [--size 224]
 [--videos 32 --jobs 16]``.
@@ -219,6 +221,9 @@ def main() -> None:
                     help="also the all-cores run: this many videos over --jobs processes, one video per process "
                          "with crop.threads threads, as the stage runs a dataset (0: skip)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes of the all-cores run")
+    ap.add_argument("--all-cores-compressions", default=None,
+                    help="crop.compression variants of the all-cores run (default: the default codec only); "
+                         "each but the default is reported as all_cores_<codec>")
     ap.add_argument("--stage-threads", type=int, default=None,
                     help="crop.threads per video in the all-cores run (default: params.yaml's)")
     args = ap.parse_args()
@@ -264,9 +269,11 @@ def main() -> None:
             fig["decode_fps_range"] = [round(min(decodes), 1), round(max(decodes), 1)]
             if args.videos:
                 threads = args.stage_threads or CropParams().threads
-                params = {**base.__dict__, "threads": threads}
-                fig["all_cores"] = all_cores(paths, sc["color"], Path(tmp) / f"{name}_all", params, args.videos,
-                                             args.jobs, args.repeats)
+                for comp in (args.all_cores_compressions or base.compression).split(","):
+                    params = {**base.__dict__, "threads": threads, "compression": comp}
+                    key = "all_cores" if comp == base.compression else f"all_cores_{comp}"
+                    fig[key] = all_cores(paths, sc["color"], Path(tmp) / f"{name}_all", params, args.videos,
+                                         args.jobs, args.repeats)
             figures[name] = fig
     print(json.dumps({"benchmark": "crop", "machine": machine(), "figures": figures}, indent=2))
 

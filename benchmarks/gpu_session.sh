@@ -121,10 +121,11 @@ for s in $STEPS; do
          # every stage's own log, in one file (at most 8 files come back)
          tar -czf "$OUT/${s}_stage_logs.tgz" -C /tmp/e2e_work logs 2>/dev/null ;;
     # the crop stage against decode alone (issue 4) on all cores, as the stage runs a dataset: 16 videos
-    # over one process per core (2 threads each), plus the one-video figures at CROP_THREADS threads
+    # over one process per core (2 threads each), with and without compression (is it the codec or the
+    # disk writes that cost 0.8 ms per frame-core there?), plus the one-video figures at CROP_THREADS threads
     crop) landmarks || continue
           step crop_bench "$T_CROP" sh -c "for t in $CROP_THREADS; do python3 benchmarks/bench_crop.py --threads \$t \
-            --compressions blosc-lz4,none --no-area --repeats 2 --videos 16 > $OUT/bench_crop_t\$t.json || exit; done" ;;
+            --compressions blosc-lz4 --all-cores-compressions blosc-lz4,none --no-area --repeats 2 --videos 16 > $OUT/bench_crop_t\$t.json || exit; done" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40
