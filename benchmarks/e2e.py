@@ -642,10 +642,11 @@ PROCESS_PER_VIDEO = ("crop",)  # stages that run one video per process on the CP
 def all_at_once(stage: str, work: dict[str, Any], n_jobs: int, cpus: int) -> bool:
     """Whether a one-video-per-process stage ran every video at once (no more videos than processes).
 
-    Then its run with one video fewer takes about as long (the videos ran side by side), and the
-    line through the two runs measures DVC's hashing and the contention, not the stage's rate; the
-    linear rule is right instead: at the target each process goes through videos/processes times
-    the work, and the run's in-stage start-up (process start, dlib's models) is small.
+    Then the calibration run (one video alone) takes most of the whole run's time (the videos ran
+    side by side), and the line through the two runs measures DVC's hashing and the contention,
+    not the stage's rate. The linear rule is right instead: at the target each process goes
+    through videos/processes times the work, and the in-stage start-up (process start, dlib's
+    models) is small.
     """
     processes = cpus if n_jobs < 0 else n_jobs
     return stage in PROCESS_PER_VIDEO and 0 < int(work.get("videos") or 0) <= processes
