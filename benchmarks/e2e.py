@@ -401,29 +401,33 @@ def reference_videos(table: Path, source_fps: float, target_fps: float, max_dura
                      clip: int, stride: int) -> tuple[dict[str, int], Any, dict[str, str]]:
     """(feature steps per video, intervals at ``target_fps``, subject per video) of a real dataset from its
     reference annotation table (the published tooling's CSV: video path, subject, type_idx 1 macro / 2 micro,
-    1-based startFrame and endFrame, frame_num), mapped as ingest and resample map them: 0-based frames, onsets
-    before the first frame clipped, intervals longer than ``max_duration_s`` dropped, then the kept frames."""
+    1-based startFrame and endFrame, frame_num), as ingest tables (0-based frames, onsets before the first
+    frame clipped) put through the resample stage's own :func:`pipeline.resample.resample_tables`."""
     import numpy as np
     import pandas as pd
 
     from pipeline.features import clip_count
-    from pipeline.resample import kept_positions, remap_intervals
+    from pipeline.resample import resample_tables
 
     df = pd.read_csv(table, dtype={"subject": str})
-    df["vid"] = df["video"].map(lambda v: Path(str(v)).name)
-    lengths, subjects, parts = {}, {}, []
-    for vid, g in df.groupby("vid", sort=True):
-        kept = kept_positions(int(g["frame_num"].iloc[0]), source_fps, target_fps)
-        lengths[vid], subjects[vid] = clip_count(len(kept), clip, stride), str(g["subject"].iloc[0])
-        on = np.clip(g["startFrame"].to_numpy() - 1, 0, None)
-        off = g["endFrame"].to_numpy() - 1
-        keep = np.ones(len(g), bool) if max_duration_s is None else (off - on + 1) / source_fps <= max_duration_s
-        on, off = on[keep], off[keep]
-        new_on, new_apex, new_off = remap_intervals(on, (on + off) // 2, off, kept)
-        parts.append(pd.DataFrame({"video": vid, "subject": subjects[vid], "onset": new_on, "apex": new_apex,
-                                   "offset": new_off,
-                                   "type": np.where(g["type_idx"].to_numpy()[keep] == 2, "micro", "macro")}))
-    return {v: n for v, n in lengths.items() if n > 0}, pd.concat(parts, ignore_index=True), subjects
+    df["video"] = df["video"].map(lambda v: Path(str(v)).name)
+    per_video = df.groupby("video", sort=True).first()
+    videos = pd.DataFrame({"video": per_video.index, "subject": per_video["subject"].to_numpy(),
+                           "fps": float(source_fps), "n_frames": per_video["frame_num"].astype(int).to_numpy(),
+                           "source": "", "kind": "frames", "color": 1})
+    frames = pd.DataFrame({"video": np.repeat(videos["video"].to_numpy(), videos["n_frames"].to_numpy()),
+                           "frame": np.concatenate([np.arange(n) for n in videos["n_frames"]]), "path": ""})
+    frames["source_frame"] = frames["frame"] + 1
+    onset = np.clip(df["startFrame"].to_numpy() - 1, 0, None)
+    offset = df["endFrame"].to_numpy() - 1
+    ann = pd.DataFrame({"video": df["video"], "subject": df["subject"], "onset": onset, "apex": (onset + offset) // 2,
+                        "offset": offset, "type": np.where(df["type_idx"].to_numpy() == 2, "micro", "macro")})
+    for c in ("onset", "apex", "offset"):
+        ann[f"source_{c}"] = ann[c] + 1
+    vids, anns, _ = resample_tables(videos, ann, frames, target_fps, max_duration_s)
+    lengths = {str(v): clip_count(int(n), clip, stride) for v, n in zip(vids["video"], vids["n_frames"])}
+    subjects = {str(v): str(s) for v, s in zip(vids["video"], vids["subject"])}
+    return {v: n for v, n in lengths.items() if n > 0}, anns, subjects
 
 
 def target_window_passes(project: Path, dataset: str, ref_dir: Path, final: bool) -> dict[str, dict[str, int] | None]:
