@@ -339,7 +339,6 @@ def work_done(project: Path, dataset: str, stride: int) -> dict[str, Any]:
     if res.is_file():
         v = pd.read_csv(res, dtype={"subject": str})
         out.update(videos=len(v), kept_frames=int(v["n_frames"].sum()), subjects=int(v["subject"].nunique()))
-        out["_model_passes"] = run_window_passes(project, dataset, v)
     if (base / "faces").is_dir():
         out["crop_frames"] = _h5_rows(base / "faces", "frames")
         out["faces_bytes"] = sum(p.stat().st_size for p in (base / "faces").glob("*.h5"))
@@ -354,7 +353,7 @@ def work_done(project: Path, dataset: str, stride: int) -> dict[str, Any]:
         folds = sorted(p.name.removeprefix("fold_") for p in runs.glob("fold_*") if (p / "model.pt").is_file())
         final = (runs / "final" / "model.pt").is_file()
         out.update(loso_folds=len(folds), final_model=final, trained_models=len(folds) + int(final))
-        passes = out.get("_model_passes", {})
+        passes = out["_model_passes"] = run_window_passes(project, dataset)
         out["train_window_passes"] = sum(passes.get(m, 0) for m in [*(f"fold_{f}" for f in folds),
                                                                     *(["final"] if final else [])])
     return out
@@ -368,24 +367,28 @@ def train_context(project: Path, dataset: str) -> Any:
                         project / "configs" / "datasets")
 
 
-def run_window_passes(project: Path, dataset: str, videos: Any) -> dict[str, int]:
+def run_window_passes(project: Path, dataset: str) -> dict[str, int]:
     """{model: window passes} of the run's LOSO (pipeline.train.loso_window_passes) from the resample
-    stage's videos (lengths in feature steps as the features stage counts them) and annotations."""
+    stage's videos (lengths in feature steps as the features stage counts them) and annotations;
+    empty before resample has written them."""
+    import pandas as pd
+
     from pipeline.features import clip_count
     from pipeline.tables import read_annotations
     from pipeline.train import loso_window_passes, model_recipe
 
-    ctx = train_context(project, dataset)
-    ann_path = project / "data" / dataset / "resample" / "annotations.csv"
-    if not ann_path.is_file():
+    res = project / "data" / dataset / "resample"
+    if not (res / "annotations.csv").is_file() or not (res / "videos.csv").is_file():
         return {}
+    videos = pd.read_csv(res / "videos.csv", dtype={"subject": str})
+    ctx = train_context(project, dataset)
     preset, cfg = model_recipe(ctx, project / "configs")
     feats = ctx.section("features")
     lengths = {str(r.video): clip_count(int(r.n_frames), int(feats["clip"]), int(feats["stride"]))
                for r in videos.itertuples()}
     subjects = {str(r.video): str(r.subject) for r in videos.itertuples()}
-    return loso_window_passes({k: n for k, n in lengths.items() if n > 0}, read_annotations(ann_path), subjects,
-                              preset, cfg)
+    return loso_window_passes({k: n for k, n in lengths.items() if n > 0}, read_annotations(res / "annotations.csv"),
+                              subjects, preset, cfg)
 
 
 def reference_dir(arg: Path | None) -> Path:
@@ -499,7 +502,7 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
                 continue
             fit = rec.get("calibration", {}).get("fit")
             if fit and "s_per_model" in fit:  # train, folds one after another (train_fit)
-                secs = (fit["fixed_s"] + fit["warmup_s"] + fit["s_per_model"] * len(passes or {})
+                secs = (fit["fixed_s"] + fit["warmup_s"] + fit["s_per_model"] * len(passes)
                         + fit["s_per_unit"] * n)
             elif fit:
                 secs = fit["fixed_s"] + fit["s_per_unit"] * n
@@ -776,14 +779,14 @@ def refit(args: argparse.Namespace) -> int:
     project = args.workdir / "project"
     stride = int(result["work"].get("features_stride") or 2)
     local = work_done(project, dataset, stride)
-    if not local.get("_model_passes") or local.get("kept_frames") != result["work"].get("kept_frames"):
+    passes = run_window_passes(project, dataset)
+    if not passes or local.get("kept_frames") != result["work"].get("kept_frames"):
         raise SystemExit(f"{project}: no regenerated dataset matching {args.refit} (kept frames "
                          f"{local.get('kept_frames')} here, {result['work'].get('kept_frames')} there). Run this "
                          "script with the earlier run's layout, scale, recipe and params and --stages synth ingest "
                          f"resample --keep --workdir {args.workdir} first.")
-    passes = local["_model_passes"]
     trained = list(model_seconds((args.logs / "train.log").read_text(errors="replace")))
-    work = {**result["work"], "_model_passes": passes, "train_window_passes": sum(passes[m] for m in trained)}
+    work = {**result["work"], "train_window_passes": sum(passes[m] for m in trained)}
     train = result["stages"].get("train")
     if train is not None:
         for key in ("work", "fold_frames_per_s", "window_passes_per_s"):
