@@ -9,6 +9,8 @@ frame index of the processed sequence. Frames come back as ``uint8`` arrays, RGB
   decoded at 1/2, 1/4 or 1/8 of their size (``IMREAD_REDUCED_*``, the DCT does the
   shrinking, so it is faster than a full decode); a file that is empty, truncated (no
   JPEG end marker) or undecodable raises :class:`BadFrameError` naming its path.
+  :func:`read_patch` decodes only the part of a JPEG around a box (libjpeg-turbo, see
+  :mod:`pipeline.jpeg_region`), with the same pixels as the whole decode.
 * Video files are decoded with decord; ``source_frame`` is the 0-based decode index.
   They are always decoded at full size (``supports_reduce`` is False).
 
@@ -16,7 +18,8 @@ frame index of the processed sequence. Frames come back as ``uint8`` arrays, RGB
 OpenCV release the GIL), yielding results in order, with a bad frame yielded as its
 :class:`BadFrameError` instead of a result so that the caller decides what to do;
 :meth:`FrameSource.map_groups` does the same per group of consecutive frames (the crop
-stage's storage chunks), one task per group.
+stage's storage chunks), one task per group, with whole frames or with patches around a
+box per frame.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .jpeg_region import Patch, decode_region, jpeg_shape
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ REDUCTIONS = (1, 2, 4, 8)
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+BoxFn = Callable[[tuple[int, ...]], Sequence[int]]  # decoded frame shape -> the box wanted in it
+RegionFn = Callable[[int, tuple[int, ...]], Sequence[int]]  # (position, decoded frame shape) -> box
 
 
 class BadFrameError(InputError):
@@ -71,13 +77,8 @@ def _jpeg_is_truncated(data: np.ndarray) -> bool:
     return not tail.endswith(_JPEG_EOI)
 
 
-def read_image(path: str | Path, *, color: bool, reduce: int = 1) -> np.ndarray:
-    """Decode one image file to RGB ``[H, W, 3]`` (``color``) or ``[H, W]``, at 1/``reduce`` size.
-
-    Raises :class:`BadFrameError` (an :class:`InputError`) naming the file when it is
-    missing, empty, a truncated JPEG or not decodable.
-    """
-    path = str(path)
+def _read_bytes(path: str) -> np.ndarray:
+    """A frame file's bytes; BadFrameError naming it when missing, empty or a truncated JPEG."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
@@ -87,6 +88,11 @@ def read_image(path: str | Path, *, color: bool, reduce: int = 1) -> np.ndarray:
         raise BadFrameError(f"{path}: frame file is empty (0 bytes). Restore it from the dataset.", path)
     if _jpeg_is_truncated(data):
         raise BadFrameError(f"{path}: truncated JPEG (no end-of-image marker). Restore it from the dataset.", path)
+    return data
+
+
+def _decode_whole(data: np.ndarray, path: str, color: bool, reduce: int) -> np.ndarray:
+    """OpenCV's decode of a file's bytes at 1/``reduce``; BadFrameError naming ``path`` when it fails."""
     flag, swap = _imread_flag(color, reduce)
     image = cv2.imdecode(data, flag)
     if image is None:
@@ -94,6 +100,35 @@ def read_image(path: str | Path, *, color: bool, reduce: int = 1) -> np.ndarray:
     if swap:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
+
+
+def read_image(path: str | Path, *, color: bool, reduce: int = 1) -> np.ndarray:
+    """Decode one image file to RGB ``[H, W, 3]`` (``color``) or ``[H, W]``, at 1/``reduce`` size.
+
+    Raises :class:`BadFrameError` (an :class:`InputError`) naming the file when it is
+    missing, empty, a truncated JPEG or not decodable.
+    """
+    path = str(path)
+    return _decode_whole(_read_bytes(path), path, color, reduce)
+
+
+def read_patch(path: str | Path, region: BoxFn, *, color: bool, reduce: int = 1) -> Patch:
+    """Decode the part of one image file that holds ``region(frame_shape)``'s box.
+
+    ``region`` gets the shape the whole frame decodes to at 1/``reduce`` and returns the
+    box [x0, y0, x1, y1) wanted in those pixels. JPEG files are decoded around the box
+    only (:mod:`pipeline.jpeg_region`); other files, and every file when the extension is
+    not built, are decoded whole with OpenCV: the same pixels either way. Errors as
+    :func:`read_image`.
+    """
+    path = str(path)
+    data = _read_bytes(path)
+    shape = jpeg_shape(data, color, reduce)
+    if shape is not None:
+        patch = decode_region(data, region(shape), shape, color, reduce)
+        if patch is not None:
+            return patch
+    return Patch.whole(_decode_whole(data, path, color, reduce))
 
 
 def choose_reduction(crop_side: float, size: int, allowed: Sequence[int] = REDUCTIONS) -> int:
@@ -141,13 +176,18 @@ class FrameSource:
 
     def map_groups(self, func: Callable[[list[int], list[Any]], Any], group: int,
                    positions: Sequence[int] | None = None, reduce: int = 1,
-                   window: int = 8) -> Iterator[tuple[list[int], Any]]:
+                   window: int = 8, region: RegionFn | None = None) -> Iterator[tuple[list[int], Any]]:
         """Yield ``(group_positions, func(group_positions, items))`` for consecutive groups, in order.
 
         ``items`` holds each position's frame, or its :class:`BadFrameError`; one call of
         ``func`` per ``group`` frames (fewer for the last) runs in the thread pool right after
         the group is decoded, so per-group work (cropping, compressing a storage chunk) costs
         one task instead of one per frame. ``window`` groups are in flight at most.
+
+        With ``region`` (``(position, frame_shape) -> box``) the items are
+        :class:`~pipeline.jpeg_region.Patch` es holding at least that box of each frame:
+        JPEG frames are decoded around the box only (:func:`read_patch`), other sources
+        yield their whole frames as patches.
         """
         positions = list(range(len(self)) if positions is None else positions)
         group = max(1, int(group))
@@ -157,7 +197,7 @@ class FrameSource:
             for start in range(0, len(positions), group):
                 g = positions[start:start + group]
                 ahead = positions[start:start + window * group]
-                pending.append((g, self._submit_group(pool, func, g, reduce, ahead)))
+                pending.append((g, self._submit_group(pool, func, g, reduce, ahead, region)))
                 if len(pending) >= window:
                     g0, fut = pending.popleft()
                     yield g0, fut.result()
@@ -166,7 +206,7 @@ class FrameSource:
                 yield g0, fut.result()
 
     def _submit_group(self, pool: ThreadPoolExecutor, func: Callable[[list[int], list[Any]], Any],
-                      group: list[int], reduce: int, ahead: list[int]) -> Future:
+                      group: list[int], reduce: int, ahead: list[int], region: RegionFn | None) -> Future:
         """Start ``func`` on ``group`` (``ahead``: the positions wanted next, this group's first)."""
         raise NotImplementedError
 
@@ -192,17 +232,27 @@ class ImageFolderSource(FrameSource):
         except BadFrameError as exc:
             raise BadFrameError(f"video {self.video}, frame {position}: {exc}", exc.path, position) from None
 
-    def _decode_group(self, func: Callable[[list[int], list[Any]], Any], group: list[int], reduce: int) -> Any:
+    def read_patch(self, position: int, region: RegionFn, reduce: int = 1) -> Patch:
+        """Decode the part of frame ``position`` that holds ``region(position, shape)`` (see :func:`read_patch`)."""
+        try:
+            return read_patch(self.paths[position], lambda shape: region(position, shape),
+                              color=self.color, reduce=reduce)
+        except BadFrameError as exc:
+            raise BadFrameError(f"video {self.video}, frame {position}: {exc}", exc.path, position) from None
+
+    def _decode_group(self, func: Callable[[list[int], list[Any]], Any], group: list[int], reduce: int,
+                      region: RegionFn | None) -> Any:
         items: list[Any] = []
         for position in group:
             try:
-                items.append(self.read(position, reduce))
+                items.append(self.read(position, reduce) if region is None
+                             else self.read_patch(position, region, reduce))
             except BadFrameError as exc:
                 items.append(exc)
         return func(group, items)
 
-    def _submit_group(self, pool, func, group, reduce, ahead):
-        return pool.submit(self._decode_group, func, group, reduce)
+    def _submit_group(self, pool, func, group, reduce, ahead, region):
+        return pool.submit(self._decode_group, func, group, reduce, region)
 
 
 class VideoFileSource(FrameSource):
@@ -265,12 +315,15 @@ class VideoFileSource(FrameSource):
             raise frame
         return frame
 
-    def _submit_group(self, pool, func, group, reduce, ahead):
+    def _submit_group(self, pool, func, group, reduce, ahead, region):
         # decord decodes in its own threads, so frames come from one batched call per window
         # of positions, made here; only ``func`` runs in the pool
         if group[0] not in self._decoded:
             self._decoded = dict(zip(ahead, self._decode(ahead)))
-        return pool.submit(func, group, [self._decoded.pop(p) for p in group])
+        items = [self._decoded.pop(p) for p in group]
+        if region is not None:
+            items = [f if isinstance(f, BadFrameError) else Patch.whole(f) for f in items]
+        return pool.submit(func, group, items)
 
 
 def open_source(video: str, kind: str, source: str | Path, color: bool, source_frames: Sequence[int],
