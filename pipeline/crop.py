@@ -23,6 +23,12 @@ and writes ``data/<ds>/faces/<video>.h5``:
   decode_reduction, outside_fraction, mixed_size_frames, repeated_frames,
   track_keyframes, short, plus ``m2es_params`` (the crop params) and ``m2es_digest``.
 
+JPEG frames are decoded only around each frame's box (``region_decode``, libjpeg-turbo
+through :mod:`pipeline.jpeg_region`: the rows above and below it and the columns beside it
+are not converted, the rows below are not read), at 1/2, 1/4 or 1/8 of their size when
+the box stays at least ``size`` pixels (``reduced_decode``); the crops are the ones a
+whole-frame decode gives, pixel for pixel.
+
 The box is found once per video on a reference frame (``mode: fixed``, the default: a
 per-frame box jitters and the jitter is false motion for the optical flow), or, with
 ``mode: track``, re-detected every ``track_every`` frames and moved only when the head
@@ -46,6 +52,8 @@ from .errors import ConfigError, InputError, NoFaceFound
 from .faces import Detection, FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
 from .h5chunks import CODECS, ChunkCodec
 from .h5io import EarlyWriteback, atomic_h5, remove_partials, remove_stale, write_attrs
+from .jpeg_region import Patch
+from .jpeg_region import available as jpeg_region_available
 from .params import check_keys, digest
 from .runner import VideoTask, map_videos
 from .stage import StageContext, stage_main
@@ -85,6 +93,7 @@ class CropParams:
     track_threshold: float = 0.1
     pad: str = "constant"
     reduced_decode: bool = True
+    region_decode: bool = True
     interpolation: str = "auto"
     on_bad_frame: str = "fail"
     max_repeat_fraction: float = 0.05
@@ -387,15 +396,20 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
 
     channels = 3 if color else 1
 
+    def region(pos: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The box to decode of frame ``pos``, decoded at ``shape``."""
+        return frame_box(int_boxes[pos], ref.shape, shape, reduce)[0]
+
     def work(group: list[int], items: list[Any]) -> _Chunk:
         crops = np.empty((len(group), p.size, p.size, channels), dtype=np.uint8)
         bad, mixed = [], 0
-        for i, (pos, frame) in enumerate(zip(group, items)):
-            if isinstance(frame, BadFrameError):
-                bad.append((i, frame))
+        for i, (pos, item) in enumerate(zip(group, items)):
+            if isinstance(item, BadFrameError):
+                bad.append((i, item))
                 continue
-            box, m = frame_box(int_boxes[pos], ref.shape, frame.shape, reduce)
-            crop_frame(frame, box, p.size, p.pad, p.interpolation, out=crops[i])
+            patch = item if isinstance(item, Patch) else Patch.whole(item)
+            box, m = frame_box(int_boxes[pos], ref.shape, patch.frame_shape, reduce)
+            crop_frame(patch.pixels, patch.box_in_patch(box), p.size, p.pad, p.interpolation, out=crops[i])
             mixed += int(m)
         return _Chunk(crops, bad, mixed, None if bad else writer.encode(crops))
 
@@ -406,7 +420,8 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
         last: np.ndarray | None = None  # the latest good crop, repeated over bad frames
         leading: list[tuple[int, _Chunk]] = []  # chunks held back until the first good frame
         window = max(2 * p.threads, p.batch // writer.chunk)
-        for group, chunk in source.map_groups(work, writer.chunk, reduce=reduce, window=window):
+        for group, chunk in source.map_groups(work, writer.chunk, reduce=reduce, window=window,
+                                              region=region if p.region_decode else None):
             mixed_count += chunk.mixed
             for i, err in chunk.bad:
                 if p.on_bad_frame == "fail":
@@ -458,7 +473,8 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
     for w in warnings:
         log.warning("crop: video %s: %s", video, w)
     return {"frames": n, "box": [int(v) for v in ref_box], "reduce": reduce, "warnings": warnings,
-            "repeated": repeated, "keyframes": keyframes}
+            "repeated": repeated, "keyframes": keyframes,
+            "region_decode": bool(p.region_decode and jpeg_region_available() and source.supports_reduce)}
 
 
 # -------------------------------------------------------------------------------------- stage

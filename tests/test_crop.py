@@ -18,6 +18,7 @@ from pipeline.crop import CropParams, build_tasks, crop_frame, crop_video, main 
 from pipeline.errors import ConfigError, StageFailed
 from pipeline.faces import BROWS, CHIN, JAW, FaceFinder
 from pipeline.h5io import read_attr_json
+from pipeline.jpeg_region import available as jpeg_region_available
 from pipeline.runner import ParallelConfig, map_videos
 
 SEQ = ParallelConfig(backend="sequential")
@@ -221,6 +222,33 @@ def test_grayscale_stays_one_channel_and_reduced_decode_matches_full(tmp_path: P
     assert red.shape == full.shape == (4, 112, 112, 1)
     assert np.abs(red.astype(int) - full).mean() < 4
     assert shift_between(red[0], full[0]) < 0.5
+
+
+@pytest.mark.skipif(not jpeg_region_available(), reason="pipeline._jpeg_region not built")
+def test_region_decode_writes_the_same_crops_as_whole_frames(tmp_path: Path) -> None:
+    """Decoding only around the box changes nothing: border padding, mixed sizes, tracking, grey + 1/2 decode."""
+    edge = [render(dx=-200, dy=-50, noise=3, seed=i) for i in range(9)]
+    mixed = [render(noise=3, seed=i) if i % 2 == 0 else cv2.resize(render(noise=3, seed=i), (960, 720))
+             for i in range(9)]
+    drift = [render(dx=4 * i, dy=2 * i, noise=3, seed=i) for i in range(20)]
+    grey = [render(shape=(1088, 2040), scale=3.0, dx=700, dy=100, gray=True, noise=2, seed=i) for i in range(4)]
+    videos = {
+        "edge": {"paths": write_frames(tmp_path / "raw" / "edge", edge)},
+        "mixed": {"paths": write_frames(tmp_path / "raw" / "mixed", mixed)},
+        "drift": {"paths": write_frames(tmp_path / "raw" / "drift", drift)},
+        "grey": {"paths": write_frames(tmp_path / "raw" / "grey", grey), "color": 0},
+    }
+    for pad in ("constant", "replicate"):
+        extra = {"pad": pad, "mode": "track", "track_every": 5, "track_threshold": 0.05}
+        region = run_crop(tmp_path / f"region_{pad}", videos, **extra)
+        whole = run_crop(tmp_path / f"whole_{pad}", videos, region_decode=False, **extra)
+        assert all(r["region_decode"] for r in region.values()) and not any(r["region_decode"] for r in whole.values())
+        assert len(region["drift"]["keyframes"]) > 0 and region["grey"]["reduce"] >= 2
+        for video in videos:
+            with h5py.File(tmp_path / f"region_{pad}" / f"{video}.h5") as a, \
+                    h5py.File(tmp_path / f"whole_{pad}" / f"{video}.h5") as b:
+                assert np.array_equal(a["boxes"][...], b["boxes"][...])
+                assert np.array_equal(a["frames"][...], b["frames"][...]), (pad, video)
 
 
 def test_video_file_source(tmp_path: Path) -> None:
