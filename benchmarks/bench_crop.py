@@ -4,12 +4,17 @@ Writes two frame folders like the datasets' (CAS(ME)^2: 640x480 colour JPEG; SAM
 2040x1088 grayscale JPEG), then measures, in frames per second of one video:
 
 * ``decode``: every frame decoded at full size with the same thread count (what any
-  pipeline has to do at least);
+  pipeline has to do at least), with OpenCV (``cv2.imdecode``); ``decode_libjpeg``: the
+  same with libjpeg-turbo called directly (the region decoder asked for the whole frame,
+  where the extension is built), the stricter baseline where it is faster;
 * ``stage_<compression>``: the whole per-video crop (reference detection, landmarks,
-  reduced decode, crop, resize, compression, HDF5 write, fsync) for each
+  region and reduced decode, crop, resize, compression, HDF5 write, fsync) for each
   ``crop.compression`` (blosc-lz4, the default, blosc-zstd, lzf, gzip, none), with the
   file's bytes per frame, under the default ``crop.interpolation`` (auto);
-* ``stage_<compression>_area``: the default compression with ``interpolation: area``.
+  ``*_vs_decode`` against OpenCV's decode, ``*_vs_decode_libjpeg`` against libjpeg-turbo's;
+* ``stage_<compression>_area``: the default compression with ``interpolation: area``;
+* ``stage_<compression>_whole``: the default compression with ``region_decode: false``
+  (every frame decoded whole, as the stage did before the region decoder).
 
 ``--source synth`` (the default) renders the frames with the project's synthetic generator
 (:func:`pipeline.synth.generate`, ``params.yaml: synth`` at the dataset's size, colour and
@@ -33,7 +38,8 @@ threads, through the stage's own runner, against decode alone in the same proces
 threads. That is how the stage runs a dataset; ``--threads 16`` instead spreads one video
 over 16 threads, which its serial parts (reference detection, chunk writes, fsync) bound.
 ``--all-cores-compressions blosc-lz4,none`` repeats the all-cores run per codec
-(``all_cores_none``...), which separates the codec's cost from the disk writes'.
+(``all_cores_none``...), which separates the codec's cost from the disk writes';
+``--all-cores-whole`` adds it with ``region_decode: false`` (``all_cores_whole``).
 
 Usage: ``python benchmarks/bench_crop.py [--source synth|noise] [--frames N] [--threads 2] [--size 224]
 [--videos 32 --jobs 16]``.
@@ -54,6 +60,7 @@ import h5py
 import numpy as np
 from skimage import data
 
+from pipeline import jpeg_region
 from pipeline.crop import CropParams, crop_video, make_finder
 from pipeline.decode import ImageFolderSource
 from pipeline.h5chunks import CODECS
@@ -105,18 +112,30 @@ def render_folder(folder: Path, n: int, shape: tuple[int, int], scale: float, of
     return paths
 
 
-def _decode_count(paths: list[str], color: bool, threads: int) -> int:
-    """Decode every frame at full size (what any pipeline has to do at least); returns the frame count."""
+def _whole_box(_position: int, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    return 0, 0, shape[1], shape[0]
+
+
+def _decode_count(paths: list[str], color: bool, threads: int, decoder: str = "opencv") -> int:
+    """Decode every frame at full size (what any pipeline has to do at least); returns the frame count.
+
+    ``decoder``: ``opencv`` (``cv2.imdecode``, the stage's whole-frame decode) or ``libjpeg``
+    (the region decoder asked for the whole frame: libjpeg-turbo without OpenCV's overhead).
+    """
     source = ImageFolderSource("bench", paths, color, threads)
-    for _pos, res in source.map(lambda p, f: f.shape, batch=64):
-        assert not isinstance(res, Exception), res
+    if decoder == "opencv":
+        for _pos, res in source.map(lambda p, f: f.shape, batch=64):
+            assert not isinstance(res, Exception), res
+    else:
+        for _group, items in source.map_groups(lambda g, items: items, 8, window=8, region=_whole_box):
+            assert all(it.pixels.shape[:2] == it.frame_shape[:2] for it in items), "not a whole-frame decode"
     return len(paths)
 
 
-def time_decode(paths: list[str], color: bool, threads: int) -> float:
+def time_decode(paths: list[str], color: bool, threads: int, decoder: str = "opencv") -> float:
     """Frames/s of a full-size decode of every frame."""
     t0 = time.perf_counter()
-    return _decode_count(paths, color, threads) / (time.perf_counter() - t0)
+    return _decode_count(paths, color, threads, decoder) / (time.perf_counter() - t0)
 
 
 def crop_task(paths: list[str], color: bool, out: Path, params: dict, video: str = "bench") -> VideoTask:
@@ -156,22 +175,41 @@ def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos:
         map_videos(crop_video, tasks, stage="crop", parallel=cfg)
         return videos * len(paths) / (time.perf_counter() - t0)
 
-    def decode_run() -> float:
+    def decode_run(decoder: str) -> float:
         t0 = time.perf_counter()
         total = sum(Parallel(n_jobs=jobs, backend="loky")(
-            delayed(_decode_count)(paths, color, threads) for _ in range(videos)))
+            delayed(_decode_count)(paths, color, threads, decoder) for _ in range(videos)))
         return total / (time.perf_counter() - t0)
 
     stage_run()  # start the workers, load the models
-    runs = []
+    decoders = decoders_here()
+    runs: dict[str, list[float]] = {d: [] for d in decoders}
+    stages = []
     for _ in range(repeats):
-        decode = decode_run()
-        stage = stage_run()
-        runs.append((decode, stage))
-    return {"videos": videos, "processes": jobs, "threads_per_video": threads,
-            "decode_fps": round(max(d for d, _ in runs), 1), "stage_fps": round(max(s for _, s in runs), 1),
-            "stage_vs_decode": round(float(np.median([s / d for d, s in runs])), 3),
-            "stage_vs_decode_runs": [round(s / d, 3) for d, s in runs]}
+        for d in decoders:
+            runs[d].append(decode_run(d))
+        stages.append(stage_run())
+    out = {"videos": videos, "processes": jobs, "threads_per_video": threads,
+           "region_decode": bool(params.get("region_decode", True) and jpeg_region.available()),
+           "stage_fps": round(max(stages), 1)}
+    out.update(ratios(stages, runs))
+    return out
+
+
+def decoders_here() -> list[str]:
+    """The whole-frame decoders to compare with: OpenCV, and libjpeg-turbo where the extension is built."""
+    return ["opencv", "libjpeg"] if jpeg_region.available() else ["opencv"]
+
+
+def ratios(stages: list[float], decodes: dict[str, list[float]]) -> dict:
+    """Best decode-alone frames/s per decoder and the median stage / decode ratio of the paired runs."""
+    out: dict = {}
+    for d, fps in decodes.items():
+        key = "" if d == "opencv" else f"_{d}"
+        out[f"decode{key}_fps"] = round(max(fps), 1)
+        out[f"stage_vs_decode{key}"] = round(float(np.median([s / f for s, f in zip(stages, fps)])), 3)
+        out[f"stage_vs_decode{key}_runs"] = [round(s / f, 3) for s, f in zip(stages, fps)]
+    return out
 
 
 def time_stage(paths: list[str], color: bool, out: Path, params: dict) -> tuple[float, dict]:
@@ -203,7 +241,8 @@ def machine() -> dict:
 
     return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "opencv": cv2.__version__, "dlib": dlib.__version__, "h5py": h5py.__version__,
-            "hdf5plugin": hdf5plugin.version, "blosc": blosc.__version__, "gpu": None}
+            "hdf5plugin": hdf5plugin.version, "blosc": blosc.__version__,
+            "libjpeg_turbo_region_decoder": jpeg_region.libjpeg_version(), "gpu": None}
 
 
 def main() -> None:
@@ -217,6 +256,8 @@ def main() -> None:
     ap.add_argument("--compressions", default=",".join(CODECS),
                     help=f"crop.compression variants of the one-video runs (default: all, {','.join(CODECS)})")
     ap.add_argument("--no-area", action="store_true", help="skip the interpolation: area variant")
+    ap.add_argument("--no-whole", action="store_true",
+                    help="skip the region_decode: false variant (whole-frame OpenCV decode, the stage before)")
     ap.add_argument("--videos", type=int, default=0,
                     help="also the all-cores run: this many videos over --jobs processes, one video per process "
                          "with crop.threads threads, as the stage runs a dataset (0: skip)")
@@ -224,6 +265,8 @@ def main() -> None:
     ap.add_argument("--all-cores-compressions", default=None,
                     help="crop.compression variants of the all-cores run (default: the default codec only); "
                          "each but the default is reported as all_cores_<codec>")
+    ap.add_argument("--all-cores-whole", action="store_true",
+                    help="also the all-cores run with region_decode: false (reported as all_cores_whole)")
     ap.add_argument("--stage-threads", type=int, default=None,
                     help="crop.threads per video in the all-cores run (default: params.yaml's)")
     args = ap.parse_args()
@@ -248,29 +291,40 @@ def main() -> None:
             variants = {comp: {"compression": comp} for comp in args.compressions.split(",")}
             if not args.no_area:
                 variants[f"{base.compression}_area"] = {"interpolation": "area"}
-            decodes: list[float] = []
+            if not args.no_whole:
+                variants[f"{base.compression}_whole"] = {"region_decode": False}
+            decodes: dict[str, list[float]] = {d: [] for d in decoders_here()}
             for comp, change in variants.items():
                 params = {**base.__dict__, **change}
-                runs, summary = [], {}
+                stages, paired, summary = [], {d: [] for d in decodes}, {}
                 for _ in range(args.repeats):
                     # decode alone right before each stage run: on a shared machine the load drifts,
-                    # so each ratio compares two runs seconds apart
-                    decode = time_decode(paths, sc["color"], args.threads)
+                    # so each ratio compares runs seconds apart
+                    for d in decodes:
+                        paired[d].append(time_decode(paths, sc["color"], args.threads, d))
+                        decodes[d].append(paired[d][-1])
                     fps, summary = time_stage(paths, sc["color"], Path(tmp) / f"{name}.h5", params)
-                    decodes.append(decode)
-                    runs.append((fps, fps / decode))
-                fig[f"stage_{comp}_fps"] = round(max(f for f, _ in runs), 1)
-                fig[f"stage_{comp}_vs_decode"] = round(float(np.median([r for _, r in runs])), 3)
-                fig[f"stage_{comp}_vs_decode_runs"] = [round(r, 3) for _, r in runs]
+                    stages.append(fps)
+                fig[f"stage_{comp}_fps"] = round(max(stages), 1)
+                for key, value in ratios(stages, paired).items():
+                    if key.startswith("stage_vs_"):
+                        fig[key.replace("stage_", f"stage_{comp}_", 1)] = value
                 fig[f"stage_{comp}_bytes_per_frame"] = summary["bytes_per_frame"]
+                fig[f"stage_{comp}_region_decode"] = summary["region_decode"]
                 fig["decode_reduction"] = summary["reduce"]
                 fig["box_side"] = summary["box_side"]
-            fig["decode_fps"] = round(max(decodes), 1)
-            fig["decode_fps_range"] = [round(min(decodes), 1), round(max(decodes), 1)]
+            for d, fps in decodes.items():
+                key = "decode" if d == "opencv" else f"decode_{d}"
+                fig[f"{key}_fps"] = round(max(fps), 1)
+                fig[f"{key}_fps_range"] = [round(min(fps), 1), round(max(fps), 1)]
             if args.videos:
                 threads = args.stage_threads or CropParams().threads
-                for comp in (args.all_cores_compressions or base.compression).split(","):
-                    params = {**base.__dict__, "threads": threads, "compression": comp}
+                all_variants = {comp: {"compression": comp}
+                                for comp in (args.all_cores_compressions or base.compression).split(",")}
+                if args.all_cores_whole:
+                    all_variants["whole"] = {"region_decode": False}
+                for comp, change in all_variants.items():
+                    params = {**base.__dict__, "threads": threads, **change}
                     key = "all_cores" if comp == base.compression else f"all_cores_{comp}"
                     fig[key] = all_cores(paths, sc["color"], Path(tmp) / f"{name}_all", params, args.videos,
                                          args.jobs, args.repeats)

@@ -7,8 +7,8 @@
 # as run on the fourth lease (H100, 2026-11-26: 250 s + 426 s of commands, 709 s held in all):
 #   STEPS="profile features_compile tests" FEAT_EXTRA=--space-to-depth WHEELS=".whl .whl2" \
 #     bash benchmarks/gpu_session.sh                    # carry .whl, .whl2, .m68a
-#   STEPS="e2e crop" WHEELS=".whl3 .whl4" T_E2E=400 T_CROP=160 bash benchmarks/gpu_session.sh
-#                                                       # carry .whl3, .whl4, .m68b, .ref
+#   STEPS="e2e crop" WHEELS=".whl3 .whl4" T_E2E=330 T_CROP=240 bash benchmarks/gpu_session.sh
+#                                                       # carry .whl3, .whl4, .m68b, .ref, .jr312
 #   STEPS="flow" WHEELS=".whl .whl_cv" ...              # the OpenCV TV-L1 baseline too (carry .whl_cv)
 # Measured on 2026-11-26 (H100): machine start ~30 s; profile 50 s; features_compile 150 s; tests 41 s;
 # e2e with --calibrate (19.2k frames, through dvc repro, every stage, then four stages again) 273 s;
@@ -78,6 +78,13 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the log, note the exit code
   python3 -c "import torch, cv2, sys, triton; print(sys.version.split()[0], torch.__version__, triton.__version__, cv2.__version__, hasattr(cv2, 'optflow'), torch.cuda.get_device_name())"
   nproc; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+# the crop stage's JPEG region decoder (pipeline._jpeg_region): built here where the machine has
+# libjpeg-turbo's headers, else the cp312 build carried in .jr312/ (built on the CPU machine with
+# RUNPATH $ORIGIN, beside the libjpeg.so.62 it links); without either the crop stage decodes whole frames
+python3 -c "import pipeline._jpeg_region" 2>/dev/null || python3 setup.py -q build_ext --inplace >/dev/null 2>&1
+python3 -c "import pipeline._jpeg_region" 2>/dev/null || { [ -d .jr312 ] && cp .jr312/* pipeline/; }
+python3 -c "from pipeline import jpeg_region as j; print('jpeg region decoder:', j.libjpeg_version())" 2>&1 \
+  | tail -n 1 | tee -a "$OUT/env.txt"
 STEPS=${STEPS:-"flow tests features profile"}
 for s in $STEPS; do
   case $s in
@@ -121,11 +128,12 @@ for s in $STEPS; do
          # every stage's own log, in one file (at most 8 files come back)
          tar -czf "$OUT/${s}_stage_logs.tgz" -C /tmp/e2e_work logs 2>/dev/null ;;
     # the crop stage against decode alone (issue 4) on all cores, as the stage runs a dataset: 16 videos
-    # over one process per core (2 threads each), with and without compression (is it the codec or the
-    # disk writes that cost 0.8 ms per frame-core there?), plus the one-video figures at CROP_THREADS threads
+    # over one process per core (2 threads each): region decode (the default) with and without compression,
+    # and the whole-frame decode before it (all_cores_whole); plus the one-video figures at CROP_THREADS threads
     crop) landmarks || continue
           step crop_bench "$T_CROP" sh -c "for t in $CROP_THREADS; do python3 benchmarks/bench_crop.py --threads \$t \
-            --compressions blosc-lz4 --all-cores-compressions blosc-lz4,none --no-area --repeats 2 --videos 16 > $OUT/bench_crop_t\$t.json || exit; done" ;;
+            --compressions blosc-lz4 --all-cores-compressions blosc-lz4,none --all-cores-whole --no-area --repeats 2 \
+            --videos 16 > $OUT/bench_crop_t\$t.json || exit; done" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40
