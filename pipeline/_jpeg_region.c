@@ -197,42 +197,40 @@ static int parse_common(PyObject *args, Py_buffer *buf, job_t *job, int with_rec
     return 0;
 }
 
-static PyObject *jr_header(PyObject *self, PyObject *args)
+/* Parses the arguments and runs the job without the GIL; 0 on success, -1 with a Python error set. */
+static int parse_and_run(PyObject *args, job_t *job, int with_rect)
 {
     Py_buffer buf;
-    job_t job;
     int rc;
-    (void)self;
-    if (parse_common(args, &buf, &job, 0) < 0)
-        return NULL;
+    if (parse_common(args, &buf, job, with_rect) < 0)
+        return -1;
     Py_BEGIN_ALLOW_THREADS
-    rc = run_job(&job, 0);
+    rc = run_job(job, with_rect);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&buf);
     if (rc < 0) {
-        PyErr_Format(PyExc_ValueError, "not a decodable JPEG (%s)", job.message);
-        return NULL;
+        PyErr_Format(PyExc_ValueError, "not a decodable JPEG (%s)", job->message);
+        return -1;
     }
+    return 0;
+}
+
+static PyObject *jr_header(PyObject *self, PyObject *args)
+{
+    job_t job;
+    (void)self;
+    if (parse_and_run(args, &job, 0) < 0)
+        return NULL;
     return Py_BuildValue("(iiii)", job.width, job.height, job.components, job.usable);
 }
 
 static PyObject *jr_decode(PyObject *self, PyObject *args)
 {
-    Py_buffer buf;
     job_t job;
-    int rc;
     PyObject *pixels, *result;
     (void)self;
-    if (parse_common(args, &buf, &job, 1) < 0)
+    if (parse_and_run(args, &job, 1) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    rc = run_job(&job, 1);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&buf);
-    if (rc < 0) {
-        PyErr_Format(PyExc_ValueError, "not a decodable JPEG (%s)", job.message);
-        return NULL;
-    }
     pixels = PyByteArray_FromStringAndSize((const char *)job.pixels,
                                            (Py_ssize_t)job.out_w * job.out_h * job.channels);
     PyMem_RawFree(job.pixels);
@@ -254,6 +252,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_jpeg_region", "Decode one rectangle of a JPEG with libjpeg-turbo.", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__jpeg_region(void)
