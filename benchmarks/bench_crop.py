@@ -62,7 +62,7 @@ from skimage import data
 
 from pipeline import jpeg_region
 from pipeline.crop import CropParams, crop_video, make_finder
-from pipeline.decode import ImageFolderSource
+from pipeline.decode import ImageFolderSource, region_decoder_agrees
 from pipeline.h5chunks import CODECS
 from pipeline.params import deep_merge, digest, load_params
 from pipeline.runner import ParallelConfig, VideoTask
@@ -190,7 +190,7 @@ def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos:
             runs[d].append(decode_run(d))
         stages.append(stage_run())
     out = {"videos": videos, "processes": jobs, "threads_per_video": threads,
-           "region_decode": bool(params.get("region_decode", True) and jpeg_region.available()),
+           "region_decode": bool(params.get("region_decode", True) and region_decoder_agrees()),
            "stage_fps": round(max(stages), 1)}
     out.update(ratios(stages, runs))
     return out
@@ -198,7 +198,7 @@ def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos:
 
 def decoders_here() -> list[str]:
     """The whole-frame decoders to compare with: OpenCV, and libjpeg-turbo where the extension is built."""
-    return ["opencv", "libjpeg"] if jpeg_region.available() else ["opencv"]
+    return ["opencv", "libjpeg"] if region_decoder_agrees() else ["opencv"]
 
 
 def ratios(stages: list[float], decodes: dict[str, list[float]]) -> dict:

