@@ -27,7 +27,8 @@ JPEG frames are decoded only around each frame's box (``region_decode``, libjpeg
 through :mod:`pipeline.jpeg_region`: the rows above and below it and the columns beside it
 are not converted, the rows below are not read), at 1/2, 1/4 or 1/8 of their size when
 the box stays at least ``size`` pixels (``reduced_decode``); the crops are the ones a
-whole-frame decode gives, pixel for pixel.
+whole-frame decode gives, pixel for pixel (checked once per process on test JPEGs,
+:func:`pipeline.decode.region_decoder_agrees`; where it fails, whole frames are decoded).
 
 The box is found once per video on a reference frame (``mode: fixed``, the default: a
 per-frame box jitters and the jitter is false motion for the optical flow), or, with

@@ -7,11 +7,13 @@ decoding above and inside it is still paid. On the synthetic 640x480 frames this
 0.49 ms against 0.80 ms for OpenCV's full decode (``benchmarks/RESULTS.md``).
 
 The pixels are the ones OpenCV's full decode gives (both are libjpeg-turbo with its
-default, accurate integer IDCT and fancy upsampling); only within a few pixels of the
-decoded rectangle's own edges does the upsampling see the edge instead of the next
-pixels, so :func:`decode_region` decodes ``margin`` pixels more on every side (16, one
-iMCU of 4:2:0 JPEG) and the tests check equality with the full decode, pixel for pixel,
-over sampling factors, scales, progressive files, grey and colour.
+default, accurate integer IDCT and fancy upsampling), except at the cut edges of the
+decoded area, where the chroma upsampling sees the edge instead of the next pixels (seen
+on the last column when it is odd); so :func:`decode_region` decodes ``margin`` pixels
+more on every side (16, one iMCU of 4:2:0 JPEG). The tests check equality with the full
+decode, pixel for pixel, over sampling factors, scales, progressive files, grey and
+colour, and :func:`pipeline.decode.region_decoder_agrees` checks it again in every
+process before the crop stage relies on it (OpenCV bundles its own libjpeg-turbo).
 
 The extension ``pipeline._jpeg_region`` is built by ``pip install`` where the libjpeg-turbo
 headers are installed (Debian/Ubuntu: ``libjpeg-turbo8-dev`` or ``libjpeg62-turbo-dev``)
