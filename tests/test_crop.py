@@ -249,6 +249,11 @@ def test_region_decode_writes_the_same_crops_as_whole_frames(tmp_path: Path) -> 
                     h5py.File(tmp_path / f"whole_{pad}" / f"{video}.h5") as b:
                 assert np.array_equal(a["boxes"][...], b["boxes"][...])
                 assert np.array_equal(a["frames"][...], b["frames"][...]), (pad, video)
+    # the same crops, so the same digest: files made before the param existed (or with it off) stay complete
+    vdf, fdf = tables(videos)
+    on, off = (build_tasks(vdf, fdf, tmp_path, {**BASE, "region_decode": flag}) for flag in (True, False))
+    assert [t.digest for t in on] == [t.digest for t in off]
+    assert [t.digest for t in on] != [t.digest for t in build_tasks(vdf, fdf, tmp_path, {**BASE, "size": 96})]
 
 
 def test_video_file_source(tmp_path: Path) -> None:
