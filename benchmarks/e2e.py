@@ -33,7 +33,9 @@ stage alone on the same crops (record ``reruns.flow``), which gives its own rate
 (one fold) removed, so the extrapolation follows the line through two runs instead of scaling
 start-up costs with the work (:func:`calibrate_stage`). Train is extrapolated by window passes
 (:func:`pipeline.train.window_passes`), at the target from the real annotation tables
-(``--reference-dir``); ``--refit`` redoes the calibration and extrapolation of an earlier run's
+(``--reference-dir``), where the evaluate stage also runs once at each target's scale (its time
+grows with predictions x subjects and is mostly start-up in a small run: :func:`evaluate_at_targets`);
+``--refit`` redoes the calibration and extrapolation of an earlier run's
 JSON from its logs and its regenerated dataset (:func:`refit`).
 
 Run on a lent GPU machine (one command; 16 videos x 40 s at 640x480, 19.2k frames, the
@@ -126,7 +128,10 @@ EXTRAPOLATION_RULE = (
     "windows are those holding an annotated interval, so a model's time follows them, not the frames), at the "
     "target from its real annotation table (shared/reference/annotations: video lengths and intervals, mapped as "
     "ingest and resample map them) with the run's training recipe; without the table train is not "
-    "extrapolated. synth is not part of a real run and is left out. Start-up costs beyond "
+    "extrapolated. evaluate, where the tables are there too, is not extrapolated but run at the target's scale "
+    "(its inputs built from the table, with the run's predictions per kept frame and epoch: "
+    "evaluate_at_targets) and counted as fixed_cost_s + that run's wall time. "
+    "synth is not part of a real run and is left out. Start-up costs beyond "
     "the fixed cost (model builds, loading dlib, worker processes, first-batch compilation) count as work, so a "
     "small run overestimates, unless the stage was calibrated (--calibrate): then its time is the straight line "
     "through two runs of it, the whole run and the same stage with one video's output (train: one fold's) "
@@ -457,6 +462,82 @@ def target_window_passes(project: Path, dataset: str, ref_dir: Path, final: bool
     return out
 
 
+def target_evaluate_inputs(target: dict[str, Any], ref_dir: Path, density: float, epochs: list[int],
+                           max_duration_s: float | None = None, clip: int = 8, stride: int = 2,
+                           seed: int = 0) -> dict[str, Any]:
+    """The evaluate stage's inputs at a real dataset's scale: its resampled videos, frames and intervals
+    (from the reference table, :func:`reference_videos`) and random predictions, ``density`` per kept
+    frame and predicted epoch, for ``epochs``; {"videos", "frames", "annotations", "predictions"}."""
+    import numpy as np
+    import pandas as pd
+
+    steps, anns, subjects = reference_videos(ref_dir / target["table"], target["source_fps"], target["target_fps"],
+                                             max_duration_s, clip, stride)
+    rng = np.random.default_rng(seed)
+    n_frames = {v: stride * s + clip - 1 for v, s in steps.items()}  # the most frames with these clip counts
+    videos = pd.DataFrame({"video": list(n_frames), "subject": [subjects[v] for v in n_frames],
+                           "fps": float(target["target_fps"]), "n_frames": list(n_frames.values()), "source": "",
+                           "kind": "frames", "color": 1})
+    frames = pd.DataFrame({"video": np.repeat(videos["video"].to_numpy(), videos["n_frames"].to_numpy()),
+                           "frame": np.concatenate([np.arange(n) for n in videos["n_frames"]])})
+    frames["source_frame"] = frames["frame"] + 1
+    frames["path"] = ""
+    parts = []
+    for v, n in n_frames.items():
+        k = max(1, int(round(n * density)))
+        for epoch in epochs:
+            onset = rng.integers(0, max(1, n - 60), k)
+            parts.append(pd.DataFrame({"video": v, "subject": subjects[v], "fold": subjects[v], "epoch": epoch,
+                                       "onset": onset, "offset": np.minimum(onset + rng.integers(8, 60, k), n - 1),
+                                       "type": rng.choice(["macro", "micro"], k), "score": rng.random(k)}))
+    return {"videos": videos, "frames": frames, "annotations": anns[anns["video"].isin(n_frames)],
+            "predictions": pd.concat(parts, ignore_index=True)}
+
+
+def write_evaluate_dataset(project: Path, dataset: str, target: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """A dataset preset and the tables ``python -m pipeline.evaluate --dataset <dataset>`` reads, in ``project``."""
+    from pipeline.tables import write_table
+
+    preset = {"layout": target["layout"], "root": f"data/raw/{dataset}", "source_fps": target["target_fps"],
+              "target_fps": target["target_fps"], "color": True, "model_preset": target["model_preset"]}
+    (project / "configs" / "datasets" / f"{dataset}.yaml").write_text(yaml.safe_dump(preset))
+    base = project / "data" / dataset
+    for name, rel in (("videos", "resample/videos.csv"), ("frames", "resample/frames.csv"),
+                      ("annotations", "resample/annotations.csv"), ("predictions", "runs/predictions.csv")):
+        write_table(inputs[name], base / rel)
+
+
+def evaluate_at_targets(project: Path, dataset: str, ref_dir: Path, work: dict[str, Any], args: argparse.Namespace,
+                        logs: Path) -> dict[str, dict[str, Any]]:
+    """The evaluate stage run on each real dataset's scale (its inputs from :func:`target_evaluate_inputs`, with
+    the run's own prediction density and predicted epochs), measured: {target: record}. Evaluate's time grows
+    with predictions x subjects, not only frames, and is mostly start-up in a small run, so it is measured
+    there (seconds) instead of scaled."""
+    import pandas as pd
+
+    pred = pd.read_csv(project / "data" / dataset / "runs" / "predictions.csv")
+    epochs = sorted(int(e) for e in pred["epoch"].unique())
+    if not epochs or not work.get("kept_frames"):
+        return {}
+    density = len(pred) / work["kept_frames"] / len(epochs)
+    ctx = train_context(project, dataset)
+    feats, max_s = ctx.section("features"), ctx.section("resample").get("max_duration_s")
+    out: dict[str, dict[str, Any]] = {}
+    for name, target in TARGETS.items():
+        if not (ref_dir / target["table"]).is_file():
+            continue
+        slug = "".join(c for c in name.lower() if c.isalnum())
+        inputs = target_evaluate_inputs(target, ref_dir, density, epochs, None if max_s is None else float(max_s),
+                                        int(feats["clip"]), int(feats["stride"]))
+        write_evaluate_dataset(project, f"{dataset}_at_{slug}", target, inputs)
+        rec = run_stage(project, "evaluate", f"{dataset}_at_{slug}", False, Sampler(args.interval, None), logs,
+                        args.stage_timeout, log_name=f"evaluate_at_{slug}")
+        out[name] = {"rc": rec["rc"], "wall_s": rec["wall_s"], "predictions": len(inputs["predictions"]),
+                     "kept_frames": int(inputs["videos"]["n_frames"].sum()),
+                     "subjects": int(inputs["videos"]["subject"].nunique()), "prediction_density": density}
+    return out
+
+
 STAGE_UNITS: dict[str, tuple[str, str]] = {   # stage: (measured quantity, throughput name)
     "synth": ("source_frames", "frames_per_s"),
     "ingest": ("source_frames", "frames_per_s"),
@@ -501,7 +582,10 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
                 per_stage[stage] = None
                 continue
             fit = rec.get("calibration", {}).get("fit")
-            if fit and "s_per_model" in fit:  # train, folds one after another (train_fit)
+            at_target = rec.get("at_target", {}).get(name) or {}
+            if at_target.get("rc") == 0:  # evaluate run at the target's scale (evaluate_at_targets)
+                secs = min(rec.get("fixed_cost_s", 0.0), rec["wall_s"]) + at_target["wall_s"]
+            elif fit and "s_per_model" in fit:  # train, folds one after another (train_fit)
                 secs = (fit["fixed_s"] + fit["warmup_s"] + fit["s_per_model"] * len(passes)
                         + fit["s_per_unit"] * n)
             elif fit:
@@ -954,6 +1038,11 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in result["stages"]:
         train_passes = target_window_passes(project, dataset, reference_dir(args.reference_dir),
                                             final=bool(work.get("final_model", True)))
+    if ok and "evaluate" in result["stages"] and work.get("trained_models"):
+        log.info("evaluate at the real datasets' scale ...")
+        result["stages"]["evaluate"]["at_target"] = evaluate_at_targets(
+            project, dataset, reference_dir(args.reference_dir), work, args, logs)
+        dump()
     result["extrapolated"] = extrapolate(result["stages"], work, stride, args.layout, size,
                                          args.dvc_s_per_gb if args.no_dvc else None, train_passes)
     dump()
