@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.e2e import TARGETS, reference_dir, target_evaluate_inputs, write_evaluate_dataset  # noqa: E402
+from benchmarks.e2e import (TARGETS, Sampler, evaluate_preset, fixed_cost, reference_dir, run_stage,  # noqa: E402
+                            target_evaluate_inputs, write_evaluate_tables)
 from pipeline.evaluate import check_params, evaluate_predictions, natural_key  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
+from pipeline.sandbox import make_project  # noqa: E402
 
 DENSITY = 19_243 / 19_200 / 25  # predictions per kept frame and predicted epoch in the H100 end-to-end run
 EPOCHS = list(range(6, 31))     # the full recipe's 25 predicted epochs
@@ -56,25 +56,15 @@ def main() -> None:
         evaluate_predictions(inputs["predictions"], inputs["annotations"], subjects, settings, counting)
         out[f"evaluate_predictions_{counting}_s"] = round(time.perf_counter() - t0, 2)
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp) / "project"
-        files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        for rel in files.split():
-            if rel.startswith(("pipeline/", "models/", "configs/")) or rel == "params.yaml":
-                (project / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / rel, project / rel)
-        write_evaluate_dataset(project, "bench", target, inputs)
-        env = {**os.environ, "PYTHONPATH": str(project)}
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--dataset", "bench"], cwd=project,
-                              env=env, capture_output=True, text=True)
-        out["stage_wall_s"] = round(time.perf_counter() - t0, 2)
-        out["stage_rc"] = proc.returncode
-        if proc.returncode:
-            out["stage_log_tail"] = (proc.stdout + proc.stderr)[-2000:]
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--help"], cwd=project, env=env,
-                       capture_output=True)
-        out["imports_s"] = round(time.perf_counter() - t0, 2)
+        project = make_project(Path(tmp) / "project", "bench", evaluate_preset(target, "bench"))
+        write_evaluate_tables(project, "bench", inputs)
+        logs = Path(tmp) / "logs"
+        logs.mkdir()
+        rec = run_stage(project, "evaluate", "bench", False, Sampler(0.2, None), logs, 600.0)
+        out.update(stage_wall_s=rec["wall_s"], stage_rc=rec["rc"])
+        if rec["rc"]:
+            out["stage_log_tail"] = rec.get("log_tail")
+        out["imports_s"] = round(fixed_cost(project, "evaluate", "bench", use_dvc=False), 2)
     print(json.dumps(out, indent=2))
 
 

@@ -494,13 +494,16 @@ def target_evaluate_inputs(target: dict[str, Any], ref_dir: Path, density: float
             "predictions": pd.concat(parts, ignore_index=True)}
 
 
-def write_evaluate_dataset(project: Path, dataset: str, target: dict[str, Any], inputs: dict[str, Any]) -> None:
-    """A dataset preset and the tables ``python -m pipeline.evaluate --dataset <dataset>`` reads, in ``project``."""
+def evaluate_preset(target: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The dataset preset of :func:`target_evaluate_inputs`' tables (evaluate reads only the tables)."""
+    return {"layout": target["layout"], "root": f"data/raw/{dataset}", "source_fps": target["target_fps"],
+            "target_fps": target["target_fps"], "color": True, "model_preset": target["model_preset"]}
+
+
+def write_evaluate_tables(project: Path, dataset: str, inputs: dict[str, Any]) -> None:
+    """The tables ``python -m pipeline.evaluate --dataset <dataset>`` reads, in ``project``."""
     from pipeline.tables import write_table
 
-    preset = {"layout": target["layout"], "root": f"data/raw/{dataset}", "source_fps": target["target_fps"],
-              "target_fps": target["target_fps"], "color": True, "model_preset": target["model_preset"]}
-    (project / "configs" / "datasets" / f"{dataset}.yaml").write_text(yaml.safe_dump(preset))
     base = project / "data" / dataset
     for name, rel in (("videos", "resample/videos.csv"), ("frames", "resample/frames.csv"),
                       ("annotations", "resample/annotations.csv"), ("predictions", "runs/predictions.csv")):
@@ -529,8 +532,11 @@ def evaluate_at_targets(project: Path, dataset: str, ref_dir: Path, work: dict[s
         slug = "".join(c for c in name.lower() if c.isalnum())
         inputs = target_evaluate_inputs(target, ref_dir, density, epochs, None if max_s is None else float(max_s),
                                         int(feats["clip"]), int(feats["stride"]))
-        write_evaluate_dataset(project, f"{dataset}_at_{slug}", target, inputs)
-        rec = run_stage(project, "evaluate", f"{dataset}_at_{slug}", False, Sampler(args.interval, None), logs,
+        name_at = f"{dataset}_at_{slug}"
+        (project / "configs" / "datasets" / f"{name_at}.yaml").write_text(yaml.safe_dump(evaluate_preset(target,
+                                                                                                         name_at)))
+        write_evaluate_tables(project, name_at, inputs)
+        rec = run_stage(project, "evaluate", name_at, False, Sampler(args.interval, None), logs,
                         args.stage_timeout, log_name=f"evaluate_at_{slug}")
         out[name] = {"rc": rec["rc"], "wall_s": rec["wall_s"], "predictions": len(inputs["predictions"]),
                      "kept_frames": int(inputs["videos"]["n_frames"].sum()),
