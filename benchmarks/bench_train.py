@@ -16,19 +16,21 @@ import logging
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jsonout import emit  # noqa: E402
 from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset  # noqa: E402
-from models.losses import iaenet_loss  # noqa: E402
 from pipeline.device import resolve_device  # noqa: E402
-from pipeline.train import TrainConfig, fold_seed, prepare, train_model  # noqa: E402
+from pipeline.train import Prepared, TrainConfig, fold_seed, prepare, train_model  # noqa: E402
+from pipeline.train_step import StepTensors, TrainStep  # noqa: E402
 
 log = logging.getLogger("bench_train")
 
@@ -56,32 +58,64 @@ def synthetic_dataset(subjects: int, videos: int, steps: int, width: int, macro:
     return feats, ann, subj
 
 
-def step_time(preset: dict, width: int, batch: int, precision: str, device: torch.device, reps: int = 10) -> float:
-    """Mean seconds of one training step (forward, loss, backward, AdamW) on random data."""
-    from pipeline.postprocess import autocast
+# operators that launch no kernel: views, metadata and host-side scalar reads
+_NO_KERNEL = ("view", "unsqueeze", "squeeze", "transpose", "as_strided", "aten.t", "expand", "slice", "select",
+              "detach", "alias", "permute", "empty", "_local_scalar_dense", "lift_fresh", "profiler.")
 
-    model = build_model(preset, width).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
-    x = torch.randn(batch, model.window_steps, width, device=device)
-    labels = torch.randint(0, 3, (batch, model.num_points), device=device)
-    tgt = torch.rand(batch, model.num_points, 2, device=device) * 3
 
-    def one() -> None:
-        with autocast(device, precision):
-            lg, ds = model(x)
-        loss = iaenet_loss(lg.float(), ds.float(), labels, tgt)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+class _OpCounter(TorchDispatchMode):
+    """Counts the operators the host dispatches (each is one or more kernel launches on a GPU)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not any(s in str(func.overloadpacket) for s in _NO_KERNEL):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def step_time(prep: Prepared, preset: dict, cfg: TrainConfig, graph: bool, reps: int = 20) -> tuple[float, int]:
+    """(mean seconds, operators dispatched) of one training step (gather, forward, loss, backward,
+    AdamW) of a fresh model on the first batch of training windows: eager, or replayed as a CUDA
+    graph (``graph``: the host dispatches only the batch's copies into the graph's buffers)."""
+    device = prep.bank.data.device
+    model = build_model(preset, prep.bank.width).to(device)
+    model.train()
+    idx = torch.arange(min(cfg.batch_size, len(prep.train)), device=device)
+    step = TrainStep(model, prep.bank, StepTensors(prep.train_rows, prep.train_cls, prep.train_reg, prep.train_mask),
+                     cfg.loss_spec(), cfg.lr, cfg.weight_decay, cfg.batch_size, static=graph,
+                     warm_idx=idx if graph else None)
     for _ in range(3):
-        one()
+        step.step(idx, cfg.lr)
+    with _OpCounter() as counter:
+        step.step(idx, cfg.lr)
     _sync(device)
     t = time.perf_counter()
     for _ in range(reps):
-        one()
+        step.step(idx, cfg.lr)
     _sync(device)
-    return (time.perf_counter() - t) / reps
+    return (time.perf_counter() - t) / reps, counter.count
+
+
+def run_loso(prep: Prepared, preset: dict, cfg: TrainConfig, folds: list[str], final: bool) -> dict:
+    """Train ``folds`` (and the final model) as the train stage does; wall seconds and predictions."""
+    device = prep.bank.data.device
+    per_fold, n_preds = {}, 0
+    t_all = time.perf_counter()
+    for fold in folds + (["final"] if final else []):
+        t = time.perf_counter()
+        train_idx = np.flatnonzero(prep.train_subject != fold)
+        test_idx = None if fold == "final" else np.flatnonzero(prep.test_subject == fold)
+        _, preds, hist = train_model(prep, train_idx, preset, cfg, fold_seed(0, fold), test_idx, desc=fold)
+        _sync(device)
+        per_fold[fold] = round(time.perf_counter() - t, 3)
+        n_preds += len(preds)
+        log.info("%s%s: %.1f s, loss %.3f -> %.3f", fold, " (CUDA graphs)" if cfg.cuda_graphs else "",
+                 per_fold[fold], hist[0]["loss"], hist[-1]["loss"])
+    return {"loso_s": round(time.perf_counter() - t_all, 3), "predictions": n_preds,
+            "loso_s_per_fold_mean": round(float(np.mean([per_fold[f] for f in folds])), 3), "per_fold_s": per_fold}
 
 
 def _sync(device: torch.device) -> None:
@@ -107,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-final", action="store_true", help="skip the final all-subject model")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--cuda-graphs", default="off", choices=["off", "on", "both"],
+                    help="train.cuda_graphs: eager steps, steps replayed as CUDA graphs, or both in turn (CUDA)")
     ap.add_argument("--quick", action="store_true", help="4 subjects, 12 videos, 12k steps, 3 epochs, 2 folds")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -133,19 +169,18 @@ def main(argv: list[str] | None = None) -> dict:
     t_prep = time.perf_counter() - t0
 
     folds = sorted(set(subj.values()))[: args.folds or None]
-    per_fold, n_preds = {}, 0
-    t_all = time.perf_counter()
-    for fold in folds + ([] if args.no_final else ["final"]):
-        t = time.perf_counter()
-        train_idx = np.flatnonzero(prep.train_subject != fold)
-        test_idx = None if fold == "final" else np.flatnonzero(prep.test_subject == fold)
-        _, preds, hist = train_model(prep, train_idx, preset, cfg, fold_seed(0, fold), test_idx, desc=fold)
-        _sync(device)
-        per_fold[fold] = round(time.perf_counter() - t, 3)
-        n_preds += len(preds)
-        log.info("%s: %.1f s, loss %.3f -> %.3f", fold, per_fold[fold], hist[0]["loss"], hist[-1]["loss"])
-    total = time.perf_counter() - t_all
-    st = step_time(preset, args.width, cfg.batch_size, args.precision, device)
+    graph_modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graphs]
+    if device.type != "cuda" and any(graph_modes):
+        log.warning("--cuda-graphs %s: no CUDA device, eager steps only", args.cuda_graphs)
+        graph_modes = [False]
+    modes = {}
+    for graph in graph_modes:
+        mode_cfg = replace(cfg, cuda_graphs=graph)
+        seconds, ops = step_time(prep, preset, mode_cfg, graph)
+        modes["cuda_graphs" if graph else "eager"] = {**run_loso(prep, preset, mode_cfg, folds, not args.no_final),
+                                                      "train_step_ms": round(seconds * 1000, 2),
+                                                      "train_step_host_ops": ops}
+    first = next(iter(modes.values()))
     result = {
         "benchmark": "train_loso",
         "machine": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
@@ -156,10 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.precision, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
         "subjects": args.subjects, "videos": args.videos, "feature_steps": int(prep.bank.pad_row),
         "width": args.width, "intervals": len(ann), "train_windows": len(prep.train), "test_windows": len(prep.test),
-        "folds_run": len(folds), "final_model": not args.no_final, "predictions": n_preds,
-        "data_s": round(t_data, 3), "prepare_s": round(t_prep, 3), "loso_s": round(total, 3),
-        "loso_s_per_fold_mean": round(float(np.mean([per_fold[f] for f in folds])), 3),
-        "per_fold_s": per_fold, "train_step_ms": round(st * 1000, 2),
+        "folds_run": len(folds), "final_model": not args.no_final,
+        "data_s": round(t_data, 3), "prepare_s": round(t_prep, 3),
+        **first,            # the first mode's figures at the top level, as before modes existed
+        "modes": modes,
         "target_s": 180, "quick": bool(args.quick),
     }
     emit(result, args.out)

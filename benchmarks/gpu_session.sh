@@ -3,16 +3,16 @@
 # GPU-marked tests and the GPU benchmarks, write everything to $OUT.
 # Each step has its own time limit so one slow step cannot starve the others.
 #
-# The plan for one 15-minute lease (two calls; the second within the 30 s the machine stays warm),
-# as run on the fourth lease (H100, 2026-11-26: 250 s + 426 s of commands, 709 s held in all):
-#   STEPS="profile features_compile tests" FEAT_EXTRA=--space-to-depth WHEELS=".whl .whl2" \
-#     bash benchmarks/gpu_session.sh                    # carry .whl, .whl2, .m68a
+# The plan for one 15-minute lease (two calls; the second within the 30 s the machine stays warm):
+#   STEPS="tests train" WHEELS=".whl .whl2" bash benchmarks/gpu_session.sh   # carry .whl, .whl2, .m68a
 #   STEPS="e2e crop" WHEELS=".whl3 .whl4" T_E2E=330 T_CROP=240 bash benchmarks/gpu_session.sh
 #                                                       # carry .whl3, .whl4, .m68b, .ref, .jr312
 #   STEPS="flow" WHEELS=".whl .whl_cv" ...              # the OpenCV TV-L1 baseline too (carry .whl_cv)
-# Measured on 2026-11-26 (H100): machine start ~30 s; profile 50 s; features_compile 150 s; tests 41 s;
-# e2e with --calibrate (19.2k frames, through dvc repro, every stage, then four stages again) 273 s;
-# crop (bench_crop, one video at 2 threads and 16 videos over 16 processes, both layouts) 131 s.
+# Measured on the fourth lease (H100, 2026-11-26): machine start ~30 s; profile 50 s; features_compile 150 s;
+# tests 41 s (before test_train_step.py and test_iaenet.py joined them); e2e with --calibrate (19.2k frames,
+# through dvc repro, every stage, then four stages again) 273 s; crop (bench_crop, one video at 2 threads and
+# 16 videos over 16 processes, both layouts) 131 s. The train step (bench_train at CAS(ME)^2 size, 4 folds
+# eager and 4 with CUDA graphs) is new: ~8 folds at ~7 s each on the H200 plus data and start-up, ~80 s.
 # .ref/ holds the real annotation tables (shared/reference/annotations/*.csv, 76 kB): with it the e2e
 # step extrapolates the train stage to CAS(ME)^2 and SAMM-LV (M2ES_REFERENCE_DIR); without it, the
 # run's JSON is refitted here afterwards (benchmarks/e2e.py --refit).
@@ -99,11 +99,12 @@ for s in $STEPS; do
                 --paths fast --diagnose --seconds 8 --model-only-reps 20 ${FEAT_EXTRA:-} \
                 --out "$OUT/bench_features_compile.json" ;;
     profile) step profile_i3d 90 python3 benchmarks/profile_i3d.py --out "$OUT/profile_i3d.json" ;;
-    # a full LOSO is 22 folds; 8 folds give the per-fold rate (the JSON has loso_s_per_fold_mean)
-    train) step train_bench "$T_TRAIN" python3 benchmarks/bench_train.py --precision bf16 --folds 8 --no-final \
-             --out "$OUT/bench_train.json" ;;
+    # a full LOSO is 22 folds; 4 folds give the per-fold rate (the JSON has loso_s_per_fold_mean), with eager
+    # steps and then with each model's step replayed as a CUDA graph (train.cuda_graphs), on the same windows
+    train) step train_bench "$T_TRAIN" python3 benchmarks/bench_train.py --precision bf16 --folds 4 --no-final \
+             --cuda-graphs both --out "$OUT/bench_train.json" ;;
     tests) step gpu_tests "$T_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests/test_tvl1_triton.py \
-             tests/test_features.py} ;;
+             tests/test_features.py tests/test_train_step.py tests/test_iaenet.py} ;;
     # every stage at a fraction of CAS(ME)^2 (16 videos x 40 s = 19.2k frames at 640x480), extrapolated
     # e2e_overlap: the same with crop and flow at once (pipeline.overlap), then the stages as usual
     e2e|e2e_overlap) landmarks || continue

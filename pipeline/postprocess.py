@@ -163,12 +163,14 @@ def run_windows(model: torch.nn.Module, bank: FeatureBank, windows: WindowSet, s
     return torch.cat(logits), torch.cat(dists)
 
 
-def autocast(device: torch.device | str, precision: str):
-    """bf16 autocast when ``precision == 'bf16'``, otherwise a disabled autocast context."""
+def autocast(device: torch.device | str, precision: str, cache: bool = True):
+    """bf16 autocast when ``precision == 'bf16'``, otherwise a disabled autocast context.
+    ``cache=False`` while a CUDA graph is captured (casts of the weights are then recorded,
+    not kept)."""
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"train.precision '{precision}' is not one of fp32, bf16.")
     dev = torch.device(device).type
-    return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=cache)
 
 
 def predictions_from_outputs(logits: torch.Tensor, dists: torch.Tensor, windows: WindowSet, spec: WindowSpec,

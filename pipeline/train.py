@@ -19,6 +19,8 @@ the order of folds. A fold whose checkpoint and predictions exist with the same 
 is skipped (resume after a kill). ``train.fold_workers`` > 1 trains folds in parallel
 processes (one GPU each, round-robin, when several are visible; the dask cluster when
 ``parallel.backend`` is ``dask``) with the same results as one after another.
+``train.cuda_graphs`` replays each model's training step as a CUDA graph
+(:mod:`pipeline.train_step`): eager steps leave a GPU mostly idle at this model size.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ import torch
 from tqdm.auto import tqdm
 
 from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset, save_checkpoint
-from models.losses import iaenet_loss
 
 from .device import resolve_device
 from .errors import ConfigError, InputError
@@ -50,6 +51,7 @@ from .postprocess import autocast, predictions_from_outputs, run_windows
 from .runner import ParallelConfig, VideoTask, map_videos
 from .stage import StageContext, stage_main
 from .tables import read_annotations, read_table, write_table
+from .train_step import LossSpec, StepTensors, TrainStep
 from .windows import (FeatureBank, PointGrid, WindowSet, WindowSpec, assign_labels, make_test_windows,
                       make_train_windows, point_mask)
 
@@ -80,6 +82,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     micro_weight: float = 4.0
     reg_weight: float = 0.05
+    cuda_graphs: bool = False
 
     @classmethod
     def from_preset(cls, preset: Mapping[str, Any], train_params: Mapping[str, Any]) -> "TrainConfig":
@@ -92,7 +95,8 @@ class TrainConfig:
                   eval_batch_size=int(train_params.get("eval_batch_size") or 512),
                   predict_from_epoch=train_params.get("predict_from_epoch"),
                   focal_alpha=float(lo.get("focal_alpha", 0.25)), focal_gamma=float(lo.get("focal_gamma", 2.0)),
-                  micro_weight=float(lo.get("micro_weight", 4.0)), reg_weight=float(lo["reg_weight"]))
+                  micro_weight=float(lo.get("micro_weight", 4.0)), reg_weight=float(lo["reg_weight"]),
+                  cuda_graphs=bool(train_params.get("cuda_graphs") or False))
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train: epochs and batch_size must be >= 1 and lr > 0 (params.yaml train / preset).")
         if not 0 <= cfg.warmup_epochs < cfg.epochs:
@@ -102,6 +106,17 @@ class TrainConfig:
         if cfg.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision '{cfg.precision}' is not one of fp32, bf16.")
         return cfg
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide a trained model, for the run's digest. ``cuda_graphs`` counts only
+        when on (a graphed run draws other dropout masks); off, the eager steps are those of runs
+        made before the setting existed, whose checkpoints stay valid."""
+        return {k: v for k, v in self.__dict__.items() if k != "cuda_graphs" or v}
+
+    def loss_spec(self) -> LossSpec:
+        """The loss settings and precision of a training step."""
+        return LossSpec(alpha=self.focal_alpha, gamma=self.focal_gamma, micro_weight=self.micro_weight,
+                        reg_weight=self.reg_weight, precision=self.precision)
 
     @property
     def first_predicted_epoch(self) -> int:
@@ -179,35 +194,25 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
     gen = torch.Generator().manual_seed(seed)
     model = build_model(preset, prep.bank.width).to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     idx_all = torch.as_tensor(np.asarray(train_idx, np.int64))
     n = len(idx_all)
     if n == 0:
         raise ConfigError(f"{desc}: no training windows (no annotated interval fits a window). "
                           "Check annotations.csv and the features.")
+    graph = cfg.cuda_graphs and device.type == "cuda"
+    step = TrainStep(model, prep.bank, StepTensors(prep.train_rows, prep.train_cls, prep.train_reg, prep.train_mask),
+                     cfg.loss_spec(), cfg.lr, cfg.weight_decay, cfg.batch_size, static=graph,
+                     warm_idx=idx_all[:cfg.batch_size].to(device) if graph else None)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     history, preds = [], []
     for epoch in range(cfg.epochs):
         perm = idx_all[torch.randperm(n, generator=gen)].to(device)
-        sums = torch.zeros(3, device=device)
         lr_epoch = cfg.lr * lr_factor(epoch, cfg.warmup_epochs, cfg.epochs)
         for b in range(steps_per_epoch):
             t = epoch + (b / steps_per_epoch if cfg.schedule == "step" else 0.0)
-            lr = cfg.lr * lr_factor(t, cfg.warmup_epochs, cfg.epochs)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            sel = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = prep.bank.gather(prep.train_rows[sel])
-            with autocast(device, cfg.precision):
-                logits, dists = model(x)
-            losses = iaenet_loss(logits.float(), dists.float(), prep.train_cls[sel], prep.train_reg[sel],
-                                 prep.train_mask[sel], batch_size=len(sel), alpha=cfg.focal_alpha,
-                                 gamma=cfg.focal_gamma, micro_weight=cfg.micro_weight, reg_weight=cfg.reg_weight)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-            sums += torch.stack([losses["loss"].detach(), losses["cls"].detach(), losses["reg"].detach()])
-        mean = (sums / steps_per_epoch).tolist()
+            step.step(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], cfg.lr * lr_factor(t, cfg.warmup_epochs,
+                                                                                            cfg.epochs))
+        mean = step.take_sums(steps_per_epoch)
         rec = {"loss": mean[0], "cls": mean[1], "reg": mean[2], "lr": lr_epoch}
         history.append(rec)
         if on_epoch is not None:
@@ -467,7 +472,7 @@ def run(ctx: StageContext) -> None:
     width = int(next(iter(features.values())).shape[1])
     seed = int(p.get("seed", 0))
     runs = ctx.paths.runs
-    run_id = digest({"preset": preset, "cfg": cfg.__dict__, "seed": seed, "provenance": provenance,
+    run_id = digest({"preset": preset, "cfg": cfg.identity(), "seed": seed, "provenance": provenance,
                      "annotations": annotations.to_dict("list"), "subjects": subjects, "version": CODE_VERSION})
     folds = sorted(set(subjects.values()))
     only = p.get("folds")
@@ -477,8 +482,11 @@ def run(ctx: StageContext) -> None:
         raise ConfigError(f"{ctx.name}: leave-one-subject-out needs at least 2 subjects with features, "
                           f"found {len(set(subjects.values()))}.")
     n_params = count_parameters(build_model(preset, width))
-    log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s, %d at a time", preset["name"],
-             n_params, width, len(folds), device, cfg.precision, fold_workers)
+    if cfg.cuda_graphs and device.type != "cuda":
+        log.warning("train.cuda_graphs is on but training runs on %s: eager steps (graphs need CUDA)", device)
+    log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s%s, %d at a time", preset["name"],
+             n_params, width, len(folds), device, cfg.precision,
+             ", CUDA graphs" if cfg.cuda_graphs and device.type == "cuda" else "", fold_workers)
     # the recipe of the features the model was trained on, so a copied model.pt spots new videos alone
     pipeline_recipe = {stage: ctx.section(stage) for stage in ("crop", "flow", "features")}
     pipeline_recipe["target_fps"] = ctx.dataset.get("target_fps") or ctx.section("resample").get("target_fps")
