@@ -38,10 +38,11 @@ PRED_COLUMNS = ["video", "onset", "offset", "type", "score"]
 
 def iou_1d(onset: float, offset: float, onsets: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Continuous IoU of one interval against many (0 where the union is empty)."""
-    inter = np.clip(np.minimum(offset, offsets) - np.maximum(onset, onsets), 0, None)
+    inter = np.maximum(np.minimum(offset, offsets) - np.maximum(onset, onsets), 0)
     union = (offset - onset) + (offsets - onsets) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    # the dtype of inter / union (float32 stays float32), without the cost of an errstate block
+    out = np.zeros(np.shape(union), np.result_type(inter, union, 0.5))
+    return np.divide(inter, union, out=out, where=union > 0)
 
 
 def nms_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: float,
@@ -90,16 +91,17 @@ def wbf_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: flo
     return f_on[:k][out], f_off[:k][out], fused_score[out]
 
 
-def suppress(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-             inference: Mapping[str, Any]) -> pd.DataFrame:
-    """Per-class suppression of one video's candidates → DataFrame onset, offset, type, score."""
+def suppress_arrays(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                    inference: Mapping[str, Any]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-class suppression of one video's candidates → [(type, onsets, offsets, scores)] per class,
+    classes in id order, intervals best first (the rows of :func:`suppress`)."""
     method = str(inference.get("method", "nms"))
     iou = float(inference.get("iou", 0.01))
     top_k = int(inference.get("top_k", 30))
     min_len = float(inference.get("min_length", 4))
     floors = dict(inference.get("score_floor") or {})
     power = float(inference.get("wbf_power", 1.0))
-    frames = []
+    out = []
     for cid, name in sorted(CLASS_NAMES.items()):
         m = classes == cid
         on, off, sc = onsets[m], offsets[m], scores[m]
@@ -114,8 +116,24 @@ def suppress(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, classe
             on, off, sc = on[long_enough][:top_k], off[long_enough][:top_k], sc[long_enough][:top_k]
         else:
             raise ConfigError(f"inference.method '{method}' is not one of nms, wbf. Fix the model preset.")
-        frames.append(pd.DataFrame({"onset": on, "offset": off, "type": name, "score": sc}))
-    return pd.concat(frames, ignore_index=True)
+        out.append((name, on, off, sc))
+    return out
+
+
+def _frame(parts: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """One DataFrame video, onset, offset, type, score from (video, type, onsets, offsets, scores) parts."""
+    return pd.DataFrame({   # dtype=str: pandas' own string dtype, also for no rows
+        "video": pd.Series([p[0] for p in parts for _ in range(len(p[2]))], dtype=str),
+        "onset": np.concatenate([p[2] for p in parts]), "offset": np.concatenate([p[3] for p in parts]),
+        "type": pd.Series([p[1] for p in parts for _ in range(len(p[2]))], dtype=str),
+        "score": np.concatenate([p[4] for p in parts])})
+
+
+def suppress(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+             inference: Mapping[str, Any]) -> pd.DataFrame:
+    """Per-class suppression of one video's candidates → DataFrame onset, offset, type, score."""
+    parts = [("", *p) for p in suppress_arrays(onsets, offsets, scores, classes, inference)]
+    return _frame(parts).drop(columns="video")
 
 
 def decode(logits: torch.Tensor, dists: torch.Tensor, start_frames: np.ndarray, valid_frames: np.ndarray,
@@ -178,16 +196,19 @@ def predictions_from_outputs(logits: torch.Tensor, dists: torch.Tensor, windows:
     """Decode and suppress the outputs of ``windows`` → predictions per video (PRED_COLUMNS)."""
     cand = decode(logits, dists, windows.start * spec.feature_stride, windows.valid * spec.feature_stride, grid,
                   str(inference.get("class_per_point", "argmax")))
-    video_of = windows.video[cand["window"]] if len(cand["window"]) else np.array([], dtype=object)
-    out = []
-    for video in pd.unique(windows.video):
-        m = video_of == video
-        df = suppress(cand["onset"][m], cand["offset"][m], cand["score"][m], cand["class"][m], inference)
-        df.insert(0, "video", video)
-        out.append(df)
-    if not out:
+    code, videos = pd.factorize(windows.video)          # videos in order of first appearance
+    if not len(videos):
         return pd.DataFrame(columns=PRED_COLUMNS)
-    df = pd.concat(out, ignore_index=True)
+    # each video's candidates in their order (a stable sort by video), as one slice per video
+    cand_code = code[cand["window"]]
+    order = np.argsort(cand_code, kind="stable")
+    bounds = np.searchsorted(cand_code[order], np.arange(len(videos) + 1))
+    parts = []
+    for k, video in enumerate(videos):
+        sel = order[bounds[k]:bounds[k + 1]]
+        parts += [(video, *p) for p in suppress_arrays(cand["onset"][sel], cand["offset"][sel], cand["score"][sel],
+                                                       cand["class"][sel], inference)]
+    df = _frame(parts)
     df["onset"] = np.floor(df["onset"].to_numpy(np.float64) + 0.5).astype(np.int64)
     df["offset"] = np.floor(df["offset"].to_numpy(np.float64) + 0.5).astype(np.int64)
     return df[PRED_COLUMNS]

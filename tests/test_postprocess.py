@@ -74,3 +74,30 @@ def test_decode_points_strides_clipping_and_shift() -> None:
     assert len(short["onset"]) == int((grid.positions < 60).sum()) and short["offset"].max() <= 59
     both = decode(logits, dists, np.array([0]), np.array([128]), grid, class_per_point="all")
     assert len(both["onset"]) == 56 and both["class"][:2].tolist() == [1, 2]
+
+
+def test_predictions_group_interleaved_windows_by_video() -> None:
+    """Windows of two videos in any order: each video's predictions are those of its windows alone,
+    videos in order of first appearance, dtypes as for one video."""
+    import pandas as pd
+
+    from pipeline.postprocess import predictions_from_outputs
+    from pipeline.windows import WindowSet, WindowSpec
+
+    preset = load_model_preset("iaenet_casme2")
+    spec, grid = WindowSpec.from_preset(preset), PointGrid.from_preset(preset)
+    g = torch.Generator().manual_seed(3)
+    n, p = 9, len(grid)
+    video = np.array(["b", "a", "b", "b", "a", "b", "a", "a", "b"], dtype=object)
+    wins = WindowSet(video, np.arange(n) * 8, np.full(n, 64))
+    logits, dists = torch.randn(n, p, 2, generator=g), torch.rand(n, p, 2, generator=g) * 3
+    both = predictions_from_outputs(logits, dists, wins, spec, grid, preset["inference"])
+    alone = []
+    for v in ("b", "a"):
+        m = video == v
+        alone.append(predictions_from_outputs(logits[m], dists[m], wins.subset(m), spec, grid, preset["inference"]))
+    assert list(pd.unique(both["video"])) == ["b", "a"] and len(both) > 10
+    pd.testing.assert_frame_equal(both, pd.concat(alone, ignore_index=True), check_exact=True)
+    none = predictions_from_outputs(logits[:0], dists[:0], wins.subset(np.zeros(n, bool)), spec, grid,
+                                    preset["inference"])
+    assert list(none.columns) == ["video", "onset", "offset", "type", "score"] and none.empty
