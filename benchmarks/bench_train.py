@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.jsonout import emit  # noqa: E402
 from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset  # noqa: E402
 from pipeline.device import resolve_device  # noqa: E402
+from pipeline.postprocess import predictions_from_outputs  # noqa: E402
 from pipeline.train import Prepared, TrainConfig, fold_seed, prepare, train_model  # noqa: E402
 from pipeline.train_step import StepTensors, TrainStep  # noqa: E402
 
@@ -118,6 +119,19 @@ def run_loso(prep: Prepared, preset: dict, cfg: TrainConfig, folds: list[str], f
             "loso_s_per_fold_mean": round(float(np.mean([per_fold[f] for f in folds])), 3), "per_fold_s": per_fold}
 
 
+def postprocess_time(prep: Prepared, preset: dict, fold: str, reps: int = 30) -> float:
+    """Mean seconds to turn one predicted epoch of a held-out subject into predictions (decode, NMS,
+    the table): random outputs for that subject's test windows, on the host as the stage does."""
+    wins = prep.test.subset(np.flatnonzero(prep.test_subject == fold))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(len(wins), len(prep.grid), 2, generator=g) - 2
+    dists = torch.rand(len(wins), len(prep.grid), 2, generator=g) * 4
+    t = time.perf_counter()
+    for _ in range(reps):
+        predictions_from_outputs(logits, dists, wins, prep.spec, prep.grid, preset["inference"])
+    return (time.perf_counter() - t) / reps
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -193,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
         "width": args.width, "intervals": len(ann), "train_windows": len(prep.train), "test_windows": len(prep.test),
         "folds_run": len(folds), "final_model": not args.no_final,
         "data_s": round(t_data, 3), "prepare_s": round(t_prep, 3),
+        "postprocess_ms_per_epoch": round(postprocess_time(prep, preset, folds[0]) * 1000, 2),
+        "postprocess_windows": int((prep.test_subject == folds[0]).sum()),
         **first,            # the first mode's figures at the top level, as before modes existed
         "modes": modes,
         "target_s": 180, "quick": bool(args.quick),
