@@ -108,6 +108,9 @@ class TrainStep:
                                      capturable=cuda)
         self.sel = torch.full((self.batch_size,), self.sentinel, dtype=torch.long, device=self.device)
         self.n_real = torch.zeros((), dtype=torch.float32, device=self.device)
+        # warm-up and capture on one side stream: the libraries' per-stream handles and workspaces are
+        # then made by the warm-up, not in the middle of the capture
+        self._stream = torch.cuda.Stream(self.device) if cuda else None
         if warm_idx is not None:
             self._warm_up(warm_idx, lr)
         if cuda:
@@ -169,7 +172,7 @@ class TrainStep:
         pick their kernels), then the parameters copied back and the state zeroed: the model
         is again the model as built and the optimizer as new."""
         saved = [p.detach().clone() for p in self.model.parameters()]
-        side = torch.cuda.Stream() if self.device.type == "cuda" else None
+        side = self._stream
         if side is not None:
             side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side) if side is not None else nullcontext():
@@ -194,7 +197,7 @@ class TrainStep:
         graph = torch.cuda.CUDAGraph()
         self._capturing = True
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self._stream):
                 self._body(self.sel, self.n_real)
         except RuntimeError as exc:   # capture runs nothing: the model and optimizer are as they were
             log.warning("capturing the training step as a CUDA graph failed (%s); training with eager steps "
