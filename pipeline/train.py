@@ -30,7 +30,9 @@ import logging
 import math
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -401,9 +403,14 @@ def model_recipe(ctx: StageContext, preset_dir: str | Path | None = None,
     return preset, TrainConfig.from_preset(preset, p)
 
 
-def train_fold(prep: Prepared, job: FoldJob, fold: str) -> pd.DataFrame | None:
-    """Train fold ``fold`` (a held-out subject, or ``final``): write its checkpoint, dvclive logs and,
-    for a LOSO fold, its out-of-fold predictions (returned; None for ``final``)."""
+def train_fold(prep: Prepared, job: FoldJob, fold: str,
+               writer: ThreadPoolExecutor | None = None) -> tuple[pd.DataFrame | None, Future | None]:
+    """Train fold ``fold`` (a held-out subject, or ``final``): write its dvclive logs and, for a LOSO
+    fold, its out-of-fold predictions, then its checkpoint, in ``writer``'s thread when given.
+
+    Returns (the out-of-fold predictions, None for ``final``; the checkpoint write's future, None
+    when it was written here).
+    """
     runs = job.ctx.paths.runs
     name = "final" if fold == "final" else f"fold_{fold}"
     out_dir = runs / name
@@ -422,10 +429,36 @@ def train_fold(prep: Prepared, job: FoldJob, fold: str) -> pd.DataFrame | None:
         preds.insert(2, "fold", fold)
         preds = preds[PREDICTION_COLUMNS]
         write_table(preds, out_dir / "predictions.csv")
-    save_checkpoint(out_dir / "model.pt", model, job.preset, job.ckpt_params, job.provenance,
+    # the checkpoint comes last: a fold is complete (skipped on rerun) only once it is on disk
+    write = partial(save_checkpoint, out_dir / "model.pt", model.cpu(), job.preset, job.ckpt_params, job.provenance,
                     extra={"run_digest": job.run_id, "fold": fold, "history": hist,
                            "train_subjects": sorted(set(prep.train_subject[train_idx]))})
-    return None if fold == "final" else preds
+    result = None if fold == "final" else preds
+    if writer is None:
+        write()
+        return result, None
+    return result, writer.submit(write)
+
+
+def train_folds(prep: Prepared, job: FoldJob, folds: list[str],
+                progress: bool = False) -> dict[str, pd.DataFrame | None]:
+    """Train ``folds`` one after another (:func:`train_fold`). Each checkpoint (120 MB for the
+    CAS(ME)^2 model, ~0.3-0.5 s to write) is written in a background thread while the next model
+    trains (``torch.save`` releases the GIL). Returns {fold: out-of-fold predictions} once every
+    checkpoint is on disk; a failed write raises, and a failed fold still lets the others'
+    checkpoints finish."""
+    out: dict[str, pd.DataFrame | None] = {}
+    writes: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="m2es-checkpoint") as writer:
+        for fold in tqdm(folds, desc="train folds", unit="fold", disable=not progress):
+            for done in writes:      # a failed write stops the run at the next fold, not after the last
+                if done.done():
+                    done.result()
+            out[fold], done = train_fold(prep, job, fold, writer)
+            writes.append(done)
+    for done in writes:
+        done.result()
+    return out
 
 
 def _fold_group(task: VideoTask) -> dict[str, pd.DataFrame | None]:
@@ -439,7 +472,7 @@ def _fold_group(task: VideoTask) -> dict[str, pd.DataFrame | None]:
         raise InputError(f"{job.ctx.paths.features}: features changed while the train stage ran. "
                          "Rerun the train stage (dvc repro train).")
     prep = prepare(features, annotations, subjects, job.preset, resolve_device(job.device))
-    return {fold: train_fold(prep, job, fold) for fold in task.payload["folds"]}
+    return train_folds(prep, job, list(task.payload["folds"]))
 
 
 def fold_devices(device: torch.device, n: int, backend: str, requested: str = "auto") -> list[str]:
@@ -506,9 +539,9 @@ def run(ctx: StageContext) -> None:
             continue
         todo.append(fold)
     if fold_workers == 1 or len(todo) <= 1:
-        prep = prepare(features, annotations, subjects, preset, device) if todo else None
-        for fold in tqdm(todo, desc="train folds", unit="fold"):
-            preds_of[fold] = train_fold(prep, job, fold)
+        if todo:
+            preds_of.update(train_folds(prepare(features, annotations, subjects, preset, device), job, todo,
+                                        progress=True))
     else:
         del features   # each fold process reads its own copy
         backend = "dask" if ctx.parallel.backend == "dask" else "loky"

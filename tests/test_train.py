@@ -172,3 +172,19 @@ def test_stage_errors_name_the_file(workspace, one_thread) -> None:
     workspace.set_params("train", warmup_epochs=12)
     with pytest.raises(ConfigError, match="warmup_epochs"):
         workspace.run("train", "tiny")
+
+
+def test_a_checkpoint_that_cannot_be_written_fails_the_stage_and_keeps_the_others(workspace, one_thread) -> None:
+    """Checkpoints are written in a background thread while the next model trains: a failed write
+    must still fail the stage, leave no partial file, and keep the checkpoints written before it."""
+    _setup(workspace)
+    workspace.set_params("train", epochs=2, warmup_epochs=1)
+    runs = workspace.out("tiny", "runs")
+    (runs / "fold_s2" / "model.pt").mkdir(parents=True)       # a directory where the checkpoint goes
+    (runs / "fold_s2" / "model.pt" / "x").write_text("in the way")
+    with pytest.raises(OSError, match=r"fold_s2/model\.pt"):
+        workspace.run("train", "tiny")
+    assert load_checkpoint(runs / "fold_s1" / "model.pt")[0] is not None
+    assert (runs / "fold_s2" / "predictions.csv").is_file()    # written before the checkpoint ...
+    assert not list((runs / "fold_s2").glob(".*partial"))      # ... which left nothing half-written
+    assert not (runs / "predictions.csv").exists()
