@@ -21,6 +21,7 @@ processes (one GPU each, round-robin, when several are visible; the dask cluster
 ``parallel.backend`` is ``dask``) with the same results as one after another.
 ``train.cuda_graphs`` replays each model's training step as a CUDA graph
 (:mod:`pipeline.train_step`): eager steps leave a GPU mostly idle at this model size.
+A model's checkpoint is written in a background thread while the next model trains.
 """
 
 from __future__ import annotations
