@@ -50,7 +50,7 @@ from .errors import ConfigError, InputError
 from .h5io import COMPLETE_ATTR, DIGEST_ATTR, PARAMS_ATTR, read_attr_json
 from .params import digest
 from .paths import DataPaths
-from .postprocess import autocast, predictions_from_outputs, run_windows
+from .postprocess import predictions_from_outputs, run_windows
 from .runner import ParallelConfig, VideoTask, map_videos
 from .stage import StageContext, stage_main
 from .tables import read_annotations, read_table, write_table
