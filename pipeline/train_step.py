@@ -84,7 +84,8 @@ class TrainStep:
     summed since the last call, divided by ``steps``, and resets them. ``static=False``: the
     eager step, as the published code runs it. ``static=True``: fixed-size buffers padded with the sentinel, and
     on CUDA the step captured as a graph (see the module docstring); on a CPU the static
-    step runs eagerly, which is how the tests check it against the eager one.
+    step runs eagerly, which is how the tests check it against the eager one. ``warm_idx``: the
+    windows of the warm-up steps of a static step (on CUDA the first windows when not given).
     """
 
     def __init__(self, model: torch.nn.Module, bank: FeatureBank, tensors: StepTensors, loss: LossSpec,
@@ -111,6 +112,8 @@ class TrainStep:
         # warm-up and capture on one side stream: the libraries' per-stream handles and workspaces are
         # then made by the warm-up, not in the middle of the capture
         self._stream = torch.cuda.Stream(self.device) if cuda else None
+        if cuda and warm_idx is None:   # a capture needs the optimizer's state made beforehand
+            warm_idx = torch.arange(min(self.batch_size, len(tensors.rows)), device=self.device)
         if warm_idx is not None:
             self._warm_up(warm_idx, lr)
         if cuda:
