@@ -35,12 +35,11 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-from .jpeg_region import MARGIN, Patch, available, decode_region, jpeg_shape, libjpeg_version
+from .jpeg_region import JPEG_SOI, MARGIN, Patch, available, decode_region, jpeg_shape, libjpeg_version
 
 log = logging.getLogger(__name__)
 
 REDUCTIONS = (1, 2, 4, 8)
-_JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _RGB_FLAG = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
 BoxFn = Callable[[tuple[int, ...]], Sequence[int]]  # decoded frame shape -> the box wanted in it
@@ -72,7 +71,7 @@ def _imread_flag(color: bool, reduce: int) -> tuple[int, bool]:
 
 def _jpeg_is_truncated(data: np.ndarray) -> bool:
     """True for JPEG bytes without an end-of-image marker (trailing zero padding allowed)."""
-    if data.size < 4 or bytes(data[:2]) != _JPEG_SOI:
+    if data.size < 4 or bytes(data[:2]) != JPEG_SOI:
         return False
     tail = bytes(data[-64:]).rstrip(b"\x00\r\n ")
     return not tail.endswith(_JPEG_EOI)

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on the build machine
 log = logging.getLogger(__name__)
 
 MARGIN = 16  # pixels decoded around the wanted rectangle: one 4:2:0 iMCU
-_JPEG_SOI = b"\xff\xd8"
+JPEG_SOI = b"\xff\xd8"  # start-of-image marker, the first two bytes of every JPEG file
 
 
 @dataclass
@@ -84,7 +84,7 @@ def jpeg_shape(data: np.ndarray, color: bool, reduce: int = 1) -> tuple[int, ...
     an Exif block whose orientation OpenCV would apply, CMYK) or the header is unreadable;
     the caller then decodes the whole frame the usual way.
     """
-    if _native is None or data.size < 4 or bytes(data[:2]) != _JPEG_SOI:
+    if _native is None or data.size < 4 or bytes(data[:2]) != JPEG_SOI:
         return None
     try:
         width, height, _components, usable = _native.header(data, int(reduce))
