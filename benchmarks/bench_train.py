@@ -107,8 +107,7 @@ def run_loso(prep: Prepared, preset: dict, cfg: TrainConfig, folds: list[str], f
     t_all = time.perf_counter()
     for fold in folds + (["final"] if final else []):
         t = time.perf_counter()
-        train_idx = np.flatnonzero(prep.train_subject != fold)
-        test_idx = None if fold == "final" else np.flatnonzero(prep.test_subject == fold)
+        train_idx, test_idx = prep.fold_windows(fold)
         _, preds, hist = train_model(prep, train_idx, preset, cfg, fold_seed(0, fold), test_idx, desc=fold)
         _sync(device)
         per_fold[fold] = round(time.perf_counter() - t, 3)
@@ -122,7 +121,7 @@ def run_loso(prep: Prepared, preset: dict, cfg: TrainConfig, folds: list[str], f
 def postprocess_time(prep: Prepared, preset: dict, fold: str, reps: int = 30) -> float:
     """Mean seconds to turn one predicted epoch of a held-out subject into predictions (decode, NMS,
     the table): random outputs for that subject's test windows, on the host as the stage does."""
-    wins = prep.test.subset(np.flatnonzero(prep.test_subject == fold))
+    wins = prep.test.subset(prep.fold_windows(fold)[1])
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(len(wins), len(prep.grid), 2, generator=g) - 2
     dists = torch.rand(len(wins), len(prep.grid), 2, generator=g) * 4

@@ -159,6 +159,12 @@ class Prepared:
     train_mask: torch.Tensor
     subjects: dict[str, str] = field(default_factory=dict)
 
+    def fold_windows(self, fold: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(training windows, held-out test windows) of fold ``fold``, a subject left out, or of
+        ``final`` (every training window, nothing held out), as indices."""
+        train_idx = np.flatnonzero(self.train_subject != fold)
+        return train_idx, None if fold == "final" else np.flatnonzero(self.test_subject == fold)
+
 
 def prepare(features: Mapping[str, np.ndarray], annotations: pd.DataFrame, subjects: Mapping[str, str],
             preset: Mapping[str, Any], device: torch.device | str = "cpu") -> Prepared:
@@ -415,8 +421,7 @@ def train_fold(prep: Prepared, job: FoldJob, fold: str,
     runs = job.ctx.paths.runs
     name = "final" if fold == "final" else f"fold_{fold}"
     out_dir = runs / name
-    train_idx = np.flatnonzero(prep.train_subject != fold)
-    test_idx = None if fold == "final" else np.flatnonzero(prep.test_subject == fold)
+    train_idx, test_idx = prep.fold_windows(fold)
     live = _Live(runs / "live" / name)
     t0 = time.perf_counter()
     try:
