@@ -405,6 +405,20 @@ def reference_dir(arg: Path | None) -> Path:
     return Path(env) if env else REPO.parent / "shared" / "reference" / "annotations"
 
 
+def frame_tables(videos: list[str], subjects: list[str], fps: float, n_frames: list[int]) -> tuple[Any, Any]:
+    """The ingest stage's videos and frames tables of colour frame folders without files (sources and
+    paths empty): frames 0..n-1 of each video, source frames 1-based."""
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"video": videos, "subject": subjects, "fps": float(fps), "n_frames": n_frames,
+                          "source": "", "kind": "frames", "color": 1})
+    frames = pd.DataFrame({"video": np.repeat(table["video"].to_numpy(), table["n_frames"].to_numpy()),
+                           "frame": np.concatenate([np.arange(n) for n in table["n_frames"]]), "path": ""})
+    frames["source_frame"] = frames["frame"] + 1
+    return table, frames
+
+
 def reference_videos(table: Path, source_fps: float, target_fps: float, max_duration_s: float | None,
                      clip: int, stride: int) -> tuple[dict[str, int], Any, dict[str, str]]:
     """(feature steps per video, intervals at ``target_fps``, subject per video) of a real dataset from its
@@ -420,12 +434,8 @@ def reference_videos(table: Path, source_fps: float, target_fps: float, max_dura
     df = pd.read_csv(table, dtype={"subject": str})
     df["video"] = df["video"].map(lambda v: Path(str(v)).name)
     per_video = df.groupby("video", sort=True).first()
-    videos = pd.DataFrame({"video": per_video.index, "subject": per_video["subject"].to_numpy(),
-                           "fps": float(source_fps), "n_frames": per_video["frame_num"].astype(int).to_numpy(),
-                           "source": "", "kind": "frames", "color": 1})
-    frames = pd.DataFrame({"video": np.repeat(videos["video"].to_numpy(), videos["n_frames"].to_numpy()),
-                           "frame": np.concatenate([np.arange(n) for n in videos["n_frames"]]), "path": ""})
-    frames["source_frame"] = frames["frame"] + 1
+    videos, frames = frame_tables(list(per_video.index), list(per_video["subject"]), source_fps,
+                                  list(per_video["frame_num"].astype(int)))
     onset = np.clip(df["startFrame"].to_numpy() - 1, 0, None)
     offset = df["endFrame"].to_numpy() - 1
     ann = pd.DataFrame({"video": df["video"], "subject": df["subject"], "onset": onset, "apex": (onset + offset) // 2,
@@ -475,13 +485,8 @@ def target_evaluate_inputs(target: dict[str, Any], ref_dir: Path, density: float
                                              max_duration_s, clip, stride)
     rng = np.random.default_rng(seed)
     n_frames = {v: stride * s + clip - 1 for v, s in steps.items()}  # the most frames with these clip counts
-    videos = pd.DataFrame({"video": list(n_frames), "subject": [subjects[v] for v in n_frames],
-                           "fps": float(target["target_fps"]), "n_frames": list(n_frames.values()), "source": "",
-                           "kind": "frames", "color": 1})
-    frames = pd.DataFrame({"video": np.repeat(videos["video"].to_numpy(), videos["n_frames"].to_numpy()),
-                           "frame": np.concatenate([np.arange(n) for n in videos["n_frames"]])})
-    frames["source_frame"] = frames["frame"] + 1
-    frames["path"] = ""
+    videos, frames = frame_tables(list(n_frames), [subjects[v] for v in n_frames], target["target_fps"],
+                                  list(n_frames.values()))
     parts = []
     for v, n in n_frames.items():
         k = max(1, int(round(n * density)))
