@@ -48,8 +48,17 @@ def _tensors(prep) -> StepTensors:
     return StepTensors(prep.train_rows, prep.train_cls, prep.train_reg, prep.train_mask)
 
 
+RECIPE_KEYS = ("epochs", "warmup_epochs", "batch_size")
+
+
 def _cfg(preset, **train) -> TrainConfig:
-    return TrainConfig.from_preset(preset, {"precision": "fp32", **train})
+    """The training settings: ``epochs``, ``warmup_epochs`` and ``batch_size`` are the recipe's (the
+    preset's ``train`` section, which TrainConfig reads them from), the rest runtime params."""
+    recipe = {k: train.pop(k) for k in RECIPE_KEYS if k in train}
+    preset = {**preset, "train": {**preset["train"], **recipe}}
+    cfg = TrainConfig.from_preset(preset, {"precision": "fp32", **train})
+    assert all(getattr(cfg, k) == v for k, v in recipe.items())
+    return cfg
 
 
 def _pair(prep, preset, seed: int = 1):
@@ -167,6 +176,7 @@ def test_graphed_folds_depend_only_on_their_seed_gpu() -> None:
     losses; dropout is on, as in the recipe."""
     prep, _ = _prep("cuda", width=64)
     preset = _preset(dropout=0.2)
+    preset["inference"]["min_length"] = 0      # 3 epochs give short intervals, which min_length would drop
     cfg = _cfg(preset, epochs=3, warmup_epochs=1, batch_size=BATCH, cuda_graphs=True)
     train_idx = np.flatnonzero(prep.train_subject != "A")
     test_idx = np.flatnonzero(prep.test_subject == "A")
@@ -174,6 +184,7 @@ def test_graphed_folds_depend_only_on_their_seed_gpu() -> None:
         _, p1, h1 = train_model(prep, train_idx, preset, cfg, 7, test_idx)
         train_model(prep, np.flatnonzero(prep.train_subject != "B"), preset, cfg, 8)   # state must not leak
         _, p2, h2 = train_model(prep, train_idx, preset, cfg, 7, test_idx)
-    assert all(np.isfinite(h["loss"]) for h in h1)
+    assert len(h1) == 3 and all(np.isfinite(h["loss"]) for h in h1)
     assert [h["loss"] for h in h1] == pytest.approx([h["loss"] for h in h2], rel=1e-5)
-    assert len(p1) == len(p2) > 0
+    assert len(p1) == len(p2) > 0 and set(p1["epoch"]) == {2, 3}
+    assert p1["score"].to_numpy(float) == pytest.approx(p2["score"].to_numpy(float), rel=1e-4)
