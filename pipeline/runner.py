@@ -8,21 +8,26 @@
   same digest is skipped (see :mod:`pipeline.h5io`; the function itself must write its
   output through :func:`pipeline.h5io.atomic_h5` with ``task.digest``);
 * error collection: other videos go on, and :class:`~pipeline.errors.StageFailed`
-  lists every failed video with its reason (``fail_fast`` stops at the first).
+  lists every failed video with its reason (``fail_fast`` stops at the first);
+* worker logs: what a task logs (``pipeline.*``, ``models.*``) in a worker process is sent
+  back with its result and logged again by the driver, where the stage's log is: a loky or
+  dask worker has no log of its own (its INFO lines went nowhere, its warnings to a stderr
+  that on a cluster is another machine's).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import queue
 import sys
 import threading
 import traceback
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from joblib import Parallel, delayed, parallel_config
 from tqdm.auto import tqdm
@@ -176,14 +181,68 @@ def _guarded(func: Callable[[VideoTask], Any], task: VideoTask) -> tuple[str, bo
         return task.video, False, (f"{type(exc).__name__}: {exc}", type(exc).__name__)
 
 
+#: the loggers whose records a worker process sends back to the driver
+WORKER_LOGGERS = ("pipeline", "models")
+
+
+class _KeptRecords(logging.Handler):
+    """Keeps the records logged by one thread, made plain (message formatted, traceback as text)
+    to travel between processes. One per task: a dask worker runs tasks in several threads."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            return
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
+        self.records.append(record)
+
+
+@contextmanager
+def _kept_logs(level: int) -> Iterator[list[logging.LogRecord]]:
+    """While inside: what this thread logs to the :data:`WORKER_LOGGERS`, kept. Only in a worker
+    process: the loggers are set there to the driver's ``level`` and not propagated (the worker's
+    own log is nowhere the user looks), and stay so; every task of one driver sets the same."""
+    handler = _KeptRecords()
+    loggers = [logging.getLogger(name) for name in WORKER_LOGGERS]
+    for lg in loggers:
+        lg.setLevel(level)
+        lg.propagate = False
+        lg.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+
+def _in_worker(func: Callable[[VideoTask], Any], task: VideoTask, driver_pid: int,
+               level: int) -> tuple[str, bool, Any, list[logging.LogRecord]]:
+    """:func:`_guarded` in a joblib worker, with the task's log records (none when the worker is a
+    thread of the driver, whose log they reach directly)."""
+    if os.getpid() == driver_pid:
+        return (*_guarded(func, task), [])
+    with _kept_logs(level) as records:
+        outcome = _guarded(func, task)
+    return (*outcome, records)
+
+
 def map_videos(
     func: Callable[[VideoTask], Any],
     tasks: Sequence[VideoTask],
     *,
     stage: str,
     parallel: ParallelConfig | None = None,
+    unit: str = "video",
 ) -> dict[str, Any]:
-    """Run ``func`` on every task not already complete; return {video: result} of the runs.
+    """Run ``func`` on every task not already complete; return {video: result} of the runs
+    (``unit``: what a task is, for the progress bar).
 
     Raises :class:`StageFailed` after all tasks ran (or at the first failure with
     ``fail_fast``) when any video failed; outputs of the others are kept.
@@ -201,14 +260,19 @@ def map_videos(
 
     with ExitStack() as stack:
         if cfg.backend == "sequential" or cfg.n_jobs == 1 and cfg.backend != "dask":
-            outcomes: Iterable[tuple[str, bool, Any]] = (_guarded(func, t) for t in todo)
+            outcomes: Iterable[tuple[str, bool, Any, list[logging.LogRecord]]] = (
+                (*_guarded(func, t), []) for t in todo)
         else:
             if cfg.backend == "dask":
                 stack.enter_context(_dask_client(cfg.address))
             stack.enter_context(parallel_config(backend=cfg.backend, n_jobs=cfg.n_jobs))
-            outcomes = Parallel(return_as="generator_unordered")(delayed(_guarded)(func, t) for t in todo)
-        bar = stack.enter_context(tqdm(total=len(todo), desc=stage, unit="video"))
-        for video, ok, value in outcomes:
+            level = logging.getLogger(WORKER_LOGGERS[0]).getEffectiveLevel()
+            outcomes = Parallel(return_as="generator_unordered")(
+                delayed(_in_worker)(func, t, os.getpid(), level) for t in todo)
+        bar = stack.enter_context(tqdm(total=len(todo), desc=stage, unit=unit))
+        for video, ok, value, records in outcomes:
+            for record in records:          # a worker's log lines, in the driver's log
+                logging.getLogger(record.name).handle(record)
             bar.update(1)
             if ok:
                 if isinstance(value, str) and value == ALREADY_COMPLETE:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import multiprocessing
 import subprocess
 import sys
@@ -161,15 +162,39 @@ def test_process_and_thread_backends_give_the_same_outputs(tmp_path, backend):
     assert len(list((tmp_path / f"{backend}2").glob("*.h5"))) == 5
 
 
-def test_dask_backend_on_a_local_cluster(tmp_path):
+def _worker_lines(caplog) -> list[str]:
+    return sorted(r.getMessage() for r in caplog.records if r.name == "pipeline.tests_runner_funcs")
+
+
+def _expected_lines(warned: str) -> list[str]:
+    return sorted([f"video {v}: 16 frames written" for v in VIDEOS] + [f"video {warned}: a warning"])
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading", "sequential"])
+def test_what_tasks_log_reaches_the_driver_log_once(tmp_path, caplog, backend):
+    """A loky worker has no log of its own: its lines (INFO included, tracebacks as text) come back
+    with the results; threads and the sequential runner log directly, and nothing comes twice."""
+    caplog.set_level(logging.INFO)
+    map_videos(write_video, make_tasks(tmp_path / "out", VIDEOS, tmp_path / "calls", warn=["v3"]), stage="t",
+               parallel=ParallelConfig(backend, 2))
+    lines = _worker_lines(caplog)
+    assert [line.split("\n")[0] for line in lines] == _expected_lines("v3")
+    assert "ValueError: odd frame" in caplog.text       # the warning's traceback
+    assert logging.getLogger("pipeline").level == logging.NOTSET and logging.getLogger("pipeline").propagate
+
+
+def test_dask_backend_on_a_local_cluster(tmp_path, caplog):
     distributed = pytest.importorskip("distributed")
     _reference(tmp_path)
     ref = _stored(tmp_path / "reference")
     out, log = tmp_path / "dask", tmp_path / "dask_calls"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # two threads per worker, as `dask worker` runs tasks: each task's log lines come back once, with it
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         cfg = ParallelConfig("dask", 2, address=cluster.scheduler_address)
-        results = map_videos(write_video, make_tasks(out, VIDEOS, log), stage="t", parallel=cfg)
+        caplog.set_level(logging.INFO)
+        results = map_videos(write_video, make_tasks(out, VIDEOS, log, warn=["v1"]), stage="t", parallel=cfg)
         assert results == {v: 16 for v in VIDEOS}
+        assert [line.split("\n")[0] for line in _worker_lines(caplog)] == _expected_lines("v1")  # the workers' log
         with pytest.raises(StageFailed) as info:
             map_videos(write_video, make_tasks(tmp_path / "dask2", VIDEOS, log, fail_user=["v0"]), stage="t",
                        parallel=cfg)

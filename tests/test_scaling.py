@@ -24,8 +24,10 @@ The cluster's workers run in a directory of their own (as workers of a real clus
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -461,8 +463,9 @@ def _train_outputs(runs: Path) -> tuple[bytes, dict[str, dict[str, torch.Tensor]
     return (runs / "predictions.csv").read_bytes(), blobs
 
 
-def test_folds_in_parallel_processes_equal_the_sequential_run(cluster, workspace) -> None:
+def test_folds_in_parallel_processes_equal_the_sequential_run(cluster, workspace, caplog) -> None:
     c, _ = cluster
+    caplog.set_level(logging.INFO)
     _tiny_training_set(workspace.root)
     workspace.preset("tiny", layout="generic", root="data/raw/tiny", model_preset="iaenet_tiny")
     workspace.set_params("train", epochs=3, warmup_epochs=1, batch_size=4, lr=3e-3, device="cpu", seed=3)
@@ -482,7 +485,11 @@ def test_folds_in_parallel_processes_equal_the_sequential_run(cluster, workspace
         shutil.move(runs, runs.with_name(f"runs_before_{name}"))
         workspace.set_params("parallel", **parallel)
         workspace.set_params("train", fold_workers=2)
+        caplog.clear()
         workspace.run("train", "tiny")
+        model_lines = (re.match(r"(\w+): \d+ training windows, ", r.getMessage()) for r in caplog.records)
+        trained = {m.group(1) for m in model_lines if m}
+        assert trained == set(seq_models), f"{name}: the fold processes' lines are not in the stage's log"
         preds, models = _train_outputs(runs)
         assert preds == seq_preds, f"{name}: predictions.csv differs from the sequential run"
         assert set(models) == set(seq_models)

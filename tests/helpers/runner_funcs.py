@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -13,6 +14,9 @@ import numpy as np
 from pipeline.errors import InputError
 from pipeline.h5io import atomic_h5, write_attrs
 from pipeline.runner import VideoTask
+
+#: under ``pipeline``: the loggers whose records a worker sends back (pipeline.runner.WORKER_LOGGERS)
+log = logging.getLogger("pipeline.tests_runner_funcs")
 
 
 def make_tasks(out_dir: Path, videos, calls_dir: Path, version: str = "v1", **extra) -> list[VideoTask]:
@@ -39,10 +43,16 @@ def write_video(task: VideoTask) -> int:
         raise InputError(f"video {task.video}: frames missing; restore them")
     if task.video in p.get("fail_bug", ()):
         raise ValueError("boom")
+    if task.video in p.get("warn", ()):
+        try:
+            raise ValueError("odd frame")
+        except ValueError:
+            log.warning("video %s: a warning", task.video, exc_info=True)
     if p.get("sleep"):
         time.sleep(float(p["sleep"]))
     data = np.random.default_rng(p["seed"]).standard_normal((16, 8, 8)).astype(np.float32)
     with atomic_h5(task.output, task.digest, {"seed": p["seed"]}) as f:
         f.create_dataset("x", data=data, chunks=(4, 8, 8), compression="gzip")
         write_attrs(f, {"video": task.video, "shape": list(data.shape)})
+    log.info("video %s: %d frames written", task.video, data.shape[0])
     return int(data.shape[0])
