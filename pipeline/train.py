@@ -110,11 +110,12 @@ class TrainConfig:
             raise ConfigError(f"train.precision '{cfg.precision}' is not one of fp32, bf16.")
         return cfg
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, cuda: bool) -> dict[str, Any]:
         """The fields that decide a trained model, for the run's digest. ``cuda_graphs`` counts only
-        when on (a graphed run draws other dropout masks); off, the eager steps are those of runs
-        made before the setting existed, whose checkpoints stay valid."""
-        return {k: v for k, v in self.__dict__.items() if k != "cuda_graphs" or v}
+        where it takes effect, on and training on CUDA (``cuda``): a graphed run draws other dropout
+        masks. Elsewhere the steps are eager, those of runs made before the setting existed, whose
+        checkpoints stay valid."""
+        return {k: v for k, v in self.__dict__.items() if k != "cuda_graphs" or (v and cuda)}
 
     def loss_spec(self) -> LossSpec:
         """The loss settings and precision of a training step."""
@@ -511,7 +512,10 @@ def run(ctx: StageContext) -> None:
     width = int(next(iter(features.values())).shape[1])
     seed = int(p.get("seed", 0))
     runs = ctx.paths.runs
-    run_id = digest({"preset": preset, "cfg": cfg.identity(), "seed": seed, "provenance": provenance,
+    backend = "dask" if ctx.parallel.backend == "dask" else "loky"
+    # on a dask cluster the workers resolve the device: the driver's may not be theirs
+    on_cuda = device.type == "cuda" or (fold_workers > 1 and backend == "dask")
+    run_id = digest({"preset": preset, "cfg": cfg.identity(on_cuda), "seed": seed, "provenance": provenance,
                      "annotations": annotations.to_dict("list"), "subjects": subjects, "version": CODE_VERSION})
     folds = sorted(set(subjects.values()))
     only = p.get("folds")
@@ -521,8 +525,6 @@ def run(ctx: StageContext) -> None:
         raise ConfigError(f"{ctx.name}: leave-one-subject-out needs at least 2 subjects with features, "
                           f"found {len(set(subjects.values()))}.")
     n_params = count_parameters(build_model(preset, width))
-    if cfg.cuda_graphs and device.type != "cuda":
-        log.warning("train.cuda_graphs is on but training runs on %s: eager steps (graphs need CUDA)", device)
     log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s%s, %d at a time", preset["name"],
              n_params, width, len(folds), device, cfg.precision,
              ", CUDA graphs" if cfg.cuda_graphs and device.type == "cuda" else "", fold_workers)
@@ -550,7 +552,6 @@ def run(ctx: StageContext) -> None:
                                         progress=True))
     else:
         del features   # each fold process reads its own copy
-        backend = "dask" if ctx.parallel.backend == "dask" else "loky"
         absolute = replace(ctx, paths=DataPaths(ctx.paths.name, Path(ctx.paths.root).resolve()))
         n = min(fold_workers, len(todo))
         devices = fold_devices(device, n, backend, str(p.get("device") or "auto"))
@@ -560,7 +561,7 @@ def run(ctx: StageContext) -> None:
         par = ParallelConfig(backend=backend, n_jobs=n, address=ctx.parallel.address,
                              fail_fast=ctx.parallel.fail_fast)
         log.info("%d folds in %d %s processes on %s", len(todo), n, backend, ", ".join(sorted(set(devices))))
-        for group in map_videos(_fold_group, tasks, stage="train folds", parallel=par).values():
+        for group in map_videos(_fold_group, tasks, stage="train folds", parallel=par, unit="process").values():
             preds_of.update(group)
     all_preds = [preds_of[f] for f in folds if preds_of.get(f) is not None]
     preds = pd.concat(all_preds, ignore_index=True) if all_preds else pd.DataFrame(columns=PREDICTION_COLUMNS)

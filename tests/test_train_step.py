@@ -141,6 +141,13 @@ def test_cuda_graph_setting_on_a_cpu_trains_eagerly(one_thread) -> None:
     assert h1 == h2
 
 
+def test_cuda_graphs_enter_the_run_digest_only_where_they_take_effect() -> None:
+    preset = _preset()
+    eager, graphed = _cfg(preset), _cfg(preset, cuda_graphs=True)
+    assert graphed.identity(cuda=False) == eager.identity(cuda=False) == eager.identity(cuda=True)
+    assert graphed.identity(cuda=True) == {**eager.identity(cuda=True), "cuda_graphs": True}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
