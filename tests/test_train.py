@@ -188,3 +188,25 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_stage_and_keeps_the_other
     assert (runs / "fold_s2" / "predictions.csv").is_file()    # written before the checkpoint ...
     assert not list((runs / "fold_s2").glob(".*partial"))      # ... which left nothing half-written
     assert not (runs / "predictions.csv").exists()
+
+
+def test_a_fold_log_closes_when_another_fold_removed_the_shared_dvclive_signal(tmp_path, monkeypatch) -> None:
+    """Under `dvc repro` every fold's dvclive writes one shared signal file and its end() removes it
+    after checking that it exists; a fold process that lost that race to another must still close,
+    with its own logs complete. The race is forced: the file is gone while the check says it is there."""
+    import os.path
+
+    from pipeline.train import STEP_SIGNAL, _Live
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))            # what `dvc repro` sets for a stage's command
+    live = _Live(tmp_path / "live" / "fold_a")
+    live(1, {"loss": 1.0, "cls": 0.6, "reg": 0.4, "lr": 1e-3})
+    signal = tmp_path / ".dvc" / "tmp" / "exps" / "run" / STEP_SIGNAL
+    assert signal.is_file()
+    signal.unlink()                                           # another fold's end() removed it ...
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: str(p).endswith(STEP_SIGNAL) or real_exists(p))  # ... late
+    live.close()
+    monkeypatch.undo()
+    loss = tmp_path / "live" / "fold_a" / "plots" / "metrics" / "train" / "loss.tsv"
+    assert loss.read_text().splitlines()[1].split("\t")[-1] == "1.0"
