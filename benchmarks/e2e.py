@@ -139,7 +139,11 @@ EXTRAPOLATION_RULE = (
     "is fixed_s + warmup_s + s_per_model x models + s_per_unit x window passes, where s_per_unit is the seconds "
     "the stage logs inside each model's training per window pass over every model but the first, warmup_s what "
     "the first model took beyond that (CUDA and cuDNN start-up), s_per_model the per-model overhead outside "
-    "training (models at the target: its subjects + the final model). crop and "
+    "training (models at the target: its subjects + the final model); with train.fold_workers = n > 1 the models "
+    "run in n processes, process i taking models i, i + n, ... (pipeline.train), and the line is fixed_s + the "
+    "slowest process's warmup_s + s_per_unit x its window passes, with s_per_unit from every process's models "
+    "but its first (they ran side by side, so it holds their contention) and fixed_s the run's wall time beyond "
+    "its slowest process's models. crop and "
     "ingest depend on the source resolution, so a target is comparable only when its layout and frame size match "
     "the run's ('comparable' below); flow, features and train depend on the recipe.")
 
@@ -596,6 +600,9 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
             at_target = rec.get("at_target", {}).get(name) or {}
             if at_target.get("rc") == 0:  # evaluate run at the target's scale (evaluate_at_targets)
                 secs = min(rec.get("fixed_cost_s", 0.0), rec["wall_s"]) + at_target["wall_s"]
+            elif fit and "workers" in fit:  # train, folds in parallel processes (parallel_train_fit)
+                secs = fit["fixed_s"] + max(fit["warmup_s"] + fit["s_per_unit"] * sum(passes[m] for m in group)
+                                            for group in fold_groups(list(passes), fit["workers"]))
             elif fit and "s_per_model" in fit:  # train, folds one after another (train_fit)
                 secs = (fit["fixed_s"] + fit["warmup_s"] + fit["s_per_model"] * len(passes)
                         + fit["s_per_unit"] * n)
@@ -805,11 +812,46 @@ def line_fit(project: Path, dataset: str, stage: str, logs: Path, wall_all: floa
         workers = int(train_context(project, dataset).section("train").get("fold_workers") or 1)
         if workers == 1:
             return train_fit(logs, wall_all, calibration, passes)
-        out["note"] = f"train.fold_workers {workers}: folds side by side, so the line is wall time against passes"
+        fitted = parallel_train_fit(logs, wall_all, passes, workers)
+        if "fit" in fitted:
+            return fitted
+        out["note"] = f"{fitted['note']}; the line is wall time against passes"
     per_unit = (wall_all - calibration["wall_s"]) / (units_all - calibration["units"])
     fixed = calibration["wall_s"] - per_unit * calibration["units"]
     if per_unit > 0 and fixed >= 0:
         out["fit"] = {"fixed_s": round(fixed, 3), "s_per_unit": per_unit}
+    return out
+
+
+def fold_groups(models: list[str], workers: int) -> list[list[str]]:
+    """The models of each fold process, in training order, as the train stage splits them."""
+    n = min(workers, len(models))
+    return [models[i::n] for i in range(n)]
+
+
+def parallel_train_fit(logs: Path, wall_all: float, passes: dict[str, int], workers: int) -> dict[str, Any]:
+    """The train stage's time line when ``workers`` processes train the models side by side, from the
+    seconds each model spent training (``train.log``, :func:`pipeline.train.model_seconds`; the fold
+    processes' lines reach the stage's log) and its window passes (``passes``, in the stage's order):
+    s_per_unit over every process's models but its first, warmup_s the mean of what each first model
+    took beyond that, fixed_s the wall time beyond the slowest process's models. Returns models,
+    compute_s, critical_path_s and fit (or a note when the log does not allow one)."""
+    from pipeline.train import model_seconds
+
+    compute = model_seconds((logs / "train.log").read_text(errors="replace"))
+    groups = fold_groups(list(passes), workers)
+    rest = [m for g in groups for m in g[1:]]
+    if set(compute) != set(passes) or not rest:
+        return {"note": f"train.fold_workers {workers}: the models' lines (or a second model per process) "
+                        "were not found in the train log: no per-process fit"}
+    per_unit = sum(compute[m] for m in rest) / sum(passes[m] for m in rest)
+    warmup = sum(max(0.0, compute[g[0]] - per_unit * passes[g[0]]) for g in groups) / len(groups)
+    critical = max(sum(compute[m] for m in g) for g in groups)
+    out: dict[str, Any] = {"models": len(compute), "compute_s": round(sum(compute.values()), 2),
+                           "critical_path_s": round(critical, 2)}
+    if wall_all >= critical:
+        out["fit"] = {"workers": len(groups), "fixed_s": round(wall_all - critical, 3), "warmup_s": round(warmup, 3),
+                      "s_per_unit": per_unit}
     return out
 
 
@@ -890,7 +932,7 @@ def refit(args: argparse.Namespace) -> int:
         train["window_passes_per_s"] = round(work["train_window_passes"] / train["wall_s"], 2)
         cal = train.get("calibration")
         if cal:
-            for key in ("fit", "note", "models", "compute_s", "compute_one_s"):
+            for key in ("fit", "note", "models", "compute_s", "compute_one_s", "critical_path_s"):
                 cal.pop(key, None)
             cal["units"] = passes[cal["removed"]]
             cal.update(line_fit(project, dataset, "train", args.logs, train["wall_s"], work["train_window_passes"],
