@@ -269,6 +269,10 @@ def main() -> None:
                     help="also the all-cores run with region_decode: false (reported as all_cores_whole)")
     ap.add_argument("--stage-threads", type=int, default=None,
                     help="crop.threads per video in the all-cores run (default: params.yaml's)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="which frame folders (comma-separated)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="also write the JSON here, after every measurement (\"complete\": false until the "
+                         "last), so a run stopped by a time limit keeps what it measured")
     args = ap.parse_args()
     base = CropParams(size=args.size, threads=args.threads)
     t0 = time.perf_counter()
@@ -276,8 +280,16 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     figures: dict = {"source": args.source, "model_load_s_once_per_process": round(load_s, 3),
                      "load_avg_1min_before": round(os.getloadavg()[0], 2)}  # other jobs on the machine
+    result = {"benchmark": "crop", "machine": machine(), "figures": figures, "complete": False}
+
+    def save() -> None:
+        if args.out is not None:
+            args.out.write_text(json.dumps(result, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sc in SCENARIOS.items():
+        for name in args.scenarios.split(","):
+            if name not in SCENARIOS:
+                raise SystemExit(f"--scenarios: unknown {name!r}; known: {', '.join(SCENARIOS)}")
+            sc = SCENARIOS[name]
             frames = args.frames or sc["frames"]
             if args.source == "synth":
                 t_render = time.perf_counter()
@@ -294,6 +306,7 @@ def main() -> None:
             if not args.no_whole:
                 variants[f"{base.compression}_whole"] = {"region_decode": False}
             decodes: dict[str, list[float]] = {d: [] for d in decoders_here()}
+            figures[name] = fig
             for comp, change in variants.items():
                 params = {**base.__dict__, **change}
                 stages, paired, summary = [], {d: [] for d in decodes}, {}
@@ -313,6 +326,7 @@ def main() -> None:
                 fig[f"stage_{comp}_region_decode"] = summary["region_decode"]
                 fig["decode_reduction"] = summary["reduce"]
                 fig["box_side"] = summary["box_side"]
+                save()
             for d, fps in decodes.items():
                 key = "decode" if d == "opencv" else f"decode_{d}"
                 fig[f"{key}_fps"] = round(max(fps), 1)
@@ -328,8 +342,10 @@ def main() -> None:
                     key = "all_cores" if comp == base.compression else f"all_cores_{comp}"
                     fig[key] = all_cores(paths, sc["color"], Path(tmp) / f"{name}_all", params, args.videos,
                                          args.jobs, args.repeats)
-            figures[name] = fig
-    print(json.dumps({"benchmark": "crop", "machine": machine(), "figures": figures}, indent=2))
+                    save()
+    result["complete"] = True
+    save()
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

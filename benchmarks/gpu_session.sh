@@ -4,15 +4,19 @@
 # Each step has its own time limit so one slow step cannot starve the others.
 #
 # The plan for one 15-minute lease (two calls; the second within the 30 s the machine stays warm):
-#   STEPS="tests train" WHEELS=".whl .whl2" bash benchmarks/gpu_session.sh   # carry .whl, .whl2, .m68a
-#   STEPS="e2e crop" WHEELS=".whl3 .whl4" T_E2E=330 T_CROP=240 bash benchmarks/gpu_session.sh
+#   STEPS="tests" WHEELS=".whl .whl2" bash benchmarks/gpu_session.sh          # carry .whl, .whl2, .m68a
+#   STEPS="e2e crop" WHEELS=".whl3 .whl4" T_E2E=330 T_CROP=200 bash benchmarks/gpu_session.sh
 #                                                       # carry .whl3, .whl4, .m68b, .ref, .jr312
+#   (add "train" to the first call's STEPS to time eager against graphed folds again: 45 s)
 #   STEPS="flow" WHEELS=".whl .whl_cv" ...              # the OpenCV TV-L1 baseline too (carry .whl_cv)
 # Measured on the fourth lease (H100, 2026-11-26): machine start ~30 s; profile 50 s; features_compile 150 s;
 # tests 41 s (before test_train_step.py and test_iaenet.py joined them); e2e with --calibrate (19.2k frames,
 # through dvc repro, every stage, then four stages again) 273 s; crop (bench_crop, one video at 2 threads and
-# 16 videos over 16 processes, both layouts) 131 s. The train step (bench_train at CAS(ME)^2 size, 4 folds
-# eager and 4 with CUDA graphs) is new: ~8 folds at ~7 s each on the H200 plus data and start-up, ~80 s.
+# 16 videos over 16 processes, both layouts) 131 s. Fifth lease (H200, 2026-11-26): machine start ~100 s
+# counted before the first command; tests 47 s (with test_train_step.py and test_iaenet.py); train (4 folds
+# eager, 4 graphed) 45 s; e2e with train.fold_workers=4 and CUDA graphs 245 s; crop with both frame sizes
+# and three all-cores variants ran past 230 s, so the crop step now measures the 640x480 colour case alone
+# (CROP_SCENARIOS) and bench_crop writes its JSON after every measurement.
 # .ref/ holds the real annotation tables (shared/reference/annotations/*.csv, 76 kB): with it the e2e
 # step extrapolates the train stage to CAS(ME)^2 and SAMM-LV (M2ES_REFERENCE_DIR); without it, the
 # run's JSON is refitted here afterwards (benchmarks/e2e.py --refit).
@@ -50,8 +54,9 @@ T_TESTS=${T_TESTS:-120}; T_FLOW=${T_FLOW:-240}; T_FEAT=${T_FEAT:-220}; T_TRAIN=$
 T_E2E=${T_E2E:-480}; T_CROP=${T_CROP:-180}; CROP_THREADS=${CROP_THREADS:-2}
 # the end-to-end run's features on the checked fast path (bf16, channels_last_3d, fused, space-to-depth
 # stem; no compile: its ~50 s per process is not repaid at this scale); train in bf16 with 4 folds at a time on
-# the one GPU (the fourth lease's train, one fold at a time, kept the GPU 17% busy: the slowest stage at
-# scale, 263 s of CAS(ME)^2's 14 min); E2E_PARAMS="" runs the fp32 defaults
+# the one GPU, each model's step a CUDA graph (train.cuda_graphs, on by default; the fourth lease's eager train,
+# one fold at a time, kept the GPU 17% busy: the slowest stage at scale, 263 s of CAS(ME)^2's 14 min; the
+# fifth lease's, 138 s at most of 10.3 min); E2E_PARAMS="" runs the fp32 defaults
 # 16 videos x 40 s = 19.2k frames, 1/13 of CAS(ME)^2 (~4 min through dvc repro on an H100);
 # a local check of this script: E2E_SCALE="--subjects 2 --duration-s 5" E2E_RECIPE=tiny
 E2E_SCALE=${E2E_SCALE:-"--subjects 8 --videos-per-subject 2 --duration-s 40"}; E2E_RECIPE=${E2E_RECIPE:-full}
@@ -133,8 +138,9 @@ for s in $STEPS; do
     # and the whole-frame decode before it (all_cores_whole); plus the one-video figures at CROP_THREADS threads
     crop) landmarks || continue
           step crop_bench "$T_CROP" sh -c "for t in $CROP_THREADS; do python3 benchmarks/bench_crop.py --threads \$t \
-            --compressions blosc-lz4 --all-cores-compressions blosc-lz4,none --all-cores-whole --no-area --repeats 2 \
-            --videos 16 > $OUT/bench_crop_t\$t.json || exit; done" ;;
+            --scenarios ${CROP_SCENARIOS:-casme2_640x480_color} --compressions blosc-lz4 \
+            --all-cores-compressions blosc-lz4,none --all-cores-whole --no-area --repeats 2 \
+            --videos 16 --out $OUT/bench_crop_t\$t.json > /dev/null || exit; done" ;;
   esac
 done
 grep -h "INFO\|passed\|failed\|Error" "$OUT"/*.log | grep -v "^W1" | tail -n 40
