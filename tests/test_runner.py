@@ -192,6 +192,7 @@ def test_dask_backend_on_a_local_cluster(tmp_path, caplog):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         cfg = ParallelConfig("dask", 2, address=cluster.scheduler_address)
         caplog.set_level(logging.INFO)
+        caplog.clear()              # the reference run above logged in this process
         results = map_videos(write_video, make_tasks(out, VIDEOS, log, warn=["v1"]), stage="t", parallel=cfg)
         assert results == {v: 16 for v in VIDEOS}
         assert [line.split("\n")[0] for line in _worker_lines(caplog)] == _expected_lines("v1")  # the workers' log
