@@ -265,9 +265,12 @@ def read_features(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return feats, attrs
 
 
-def load_inputs(ctx: StageContext, feature_stride: int) -> tuple[dict[str, np.ndarray], pd.DataFrame,
-                                                                 dict[str, str], dict[str, Any]]:
-    """Features per video, annotations, subject per video and feature provenance of a dataset."""
+def load_inputs(ctx: StageContext, feature_stride: int, report: bool = True) -> tuple[
+        dict[str, np.ndarray], pd.DataFrame, dict[str, str], dict[str, Any]]:
+    """Features per video, annotations, subject per video and feature provenance of a dataset.
+    ``report``: warn of the videos left out (a fold process, which reads the inputs again, does not:
+    the stage has said it once)."""
+    warn = log.warning if report else log.debug
     ann_path = ctx.paths.resample / "annotations.csv"
     annotations = read_annotations(ann_path)
     bad = ~annotations["type"].isin(["macro", "micro"]) | (annotations["offset"] < annotations["onset"])
@@ -296,7 +299,7 @@ def load_inputs(ctx: StageContext, feature_stride: int) -> tuple[dict[str, np.nd
                              "is unknown. Remove the stale file or rerun ingest/resample.")
         feats, attrs = read_features(path)
         if len(feats) == 0:
-            log.warning("%s: no feature steps (video too short), skipped", video)
+            warn("%s: no feature steps (video too short), skipped", video)
             continue
         stride = attrs.get("stride")
         if stride is not None and int(stride) != feature_stride:
@@ -315,10 +318,10 @@ def load_inputs(ctx: StageContext, feature_stride: int) -> tuple[dict[str, np.nd
         digests.append(f"{video}:{attrs.get(DIGEST_ATTR)}")
     for video in listed:
         if video not in features:
-            log.warning("%s: no features file (video shorter than one clip?), skipped", video)
+            warn("%s: no features file (video shorter than one clip?), skipped", video)
     lost = sorted(set(annotations["video"]) - set(features))
     if lost:
-        log.warning("%d annotated video(s) without features are not used: %s", len(lost), ", ".join(lost[:10]))
+        warn("%d annotated video(s) without features are not used: %s", len(lost), ", ".join(lost[:10]))
     provenance = dict(provenance, feature_width=int(next(iter(features.values())).shape[1]),
                       features_digest=digest(sorted(digests)))
     return features, annotations, {v: subjects[v] for v in features}, provenance
@@ -486,7 +489,8 @@ def _fold_group(task: VideoTask) -> dict[str, pd.DataFrame | None]:
     instead of receiving them pickled, and refuses features that changed since the driver
     computed the run's digest. Returns {fold: out-of-fold predictions (None for ``final``)}."""
     job: FoldJob = task.payload["job"]
-    features, annotations, subjects, provenance = load_inputs(job.ctx, int(job.preset["window"]["feature_stride"]))
+    features, annotations, subjects, provenance = load_inputs(job.ctx, int(job.preset["window"]["feature_stride"]),
+                                                              report=False)
     if provenance.get("features_digest") != job.provenance.get("features_digest"):
         raise InputError(f"{job.ctx.paths.features}: features changed while the train stage ran. "
                          "Rerun the train stage (dvc repro train).")
