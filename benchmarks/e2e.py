@@ -601,6 +601,8 @@ def extrapolate(stages: dict[str, dict[str, Any]], work: dict[str, Any], stride:
             if at_target.get("rc") == 0:  # evaluate run at the target's scale (evaluate_at_targets)
                 secs = min(rec.get("fixed_cost_s", 0.0), rec["wall_s"]) + at_target["wall_s"]
             elif fit and "workers" in fit:  # train, folds in parallel processes (parallel_train_fit)
+                from pipeline.train import fold_groups
+
                 secs = fit["fixed_s"] + max(fit["warmup_s"] + fit["s_per_unit"] * sum(passes[m] for m in group)
                                             for group in fold_groups(list(passes), fit["workers"]))
             elif fit and "s_per_model" in fit:  # train, folds one after another (train_fit)
@@ -823,12 +825,6 @@ def line_fit(project: Path, dataset: str, stage: str, logs: Path, wall_all: floa
     return out
 
 
-def fold_groups(models: list[str], workers: int) -> list[list[str]]:
-    """The models of each fold process, in training order, as the train stage splits them."""
-    n = min(workers, len(models))
-    return [models[i::n] for i in range(n)]
-
-
 def parallel_train_fit(logs: Path, wall_all: float, passes: dict[str, int], workers: int) -> dict[str, Any]:
     """The train stage's time line when ``workers`` processes train the models side by side, from the
     seconds each model spent training (``train.log``, :func:`pipeline.train.model_seconds`; the fold
@@ -836,7 +832,7 @@ def parallel_train_fit(logs: Path, wall_all: float, passes: dict[str, int], work
     s_per_unit over every process's models but its first, warmup_s the mean of what each first model
     took beyond that, fixed_s the wall time beyond the slowest process's models. Returns models,
     compute_s, critical_path_s and fit (or a note when the log does not allow one)."""
-    from pipeline.train import model_seconds
+    from pipeline.train import fold_groups, model_seconds
 
     compute = model_seconds((logs / "train.log").read_text(errors="replace"))
     groups = fold_groups(list(passes), workers)

@@ -115,7 +115,11 @@ class TrainConfig:
         where it takes effect, on and training on CUDA (``cuda``): a graphed run draws other dropout
         masks. Elsewhere the steps are eager, those of runs made before the setting existed, whose
         checkpoints stay valid."""
-        return {k: v for k, v in self.__dict__.items() if k != "cuda_graphs" or (v and cuda)}
+        return {k: v for k, v in self.__dict__.items() if k != "cuda_graphs" or self.graphs_on(cuda)}
+
+    def graphs_on(self, cuda: bool) -> bool:
+        """Whether training steps are CUDA graphs: the setting on and training on CUDA (``cuda``)."""
+        return self.cuda_graphs and cuda
 
     def loss_spec(self) -> LossSpec:
         """The loss settings and precision of a training step."""
@@ -209,7 +213,7 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
     if n == 0:
         raise ConfigError(f"{desc}: no training windows (no annotated interval fits a window). "
                           "Check annotations.csv and the features.")
-    graph = cfg.cuda_graphs and device.type == "cuda"
+    graph = cfg.graphs_on(device.type == "cuda")
     step = TrainStep(model, prep.bank, StepTensors(prep.train_rows, prep.train_cls, prep.train_reg, prep.train_mask),
                      cfg.loss_spec(), cfg.lr, cfg.weight_decay, cfg.batch_size, static=graph,
                      warm_idx=idx_all[:cfg.batch_size].to(device) if graph else None)
@@ -498,6 +502,14 @@ def _fold_group(task: VideoTask) -> dict[str, pd.DataFrame | None]:
     return train_folds(prep, job, list(task.payload["folds"]))
 
 
+def fold_groups(models: list[str], workers: int) -> list[list[str]]:
+    """The models each of ``workers`` fold processes trains, in order: process i takes models
+    i, i + n, ... (n = the processes that have a model). ``benchmarks/e2e.py`` extrapolates by the
+    same split."""
+    n = min(workers, len(models))
+    return [models[i::n] for i in range(n)]
+
+
 def fold_devices(device: torch.device, n: int, backend: str, requested: str = "auto") -> list[str]:
     """The device of each of ``n`` fold processes: ``cuda:i`` round-robin over the visible GPUs when
     training on CUDA with local processes; on a dask cluster each worker resolves ``requested``
@@ -543,7 +555,7 @@ def run(ctx: StageContext) -> None:
     n_params = count_parameters(build_model(preset, width))
     log.info("IAENet preset %s, %d parameters, input width %d, %d folds on %s, %s%s, %d at a time", preset["name"],
              n_params, width, len(folds), device, cfg.precision,
-             ", CUDA graphs" if cfg.cuda_graphs and device.type == "cuda" else "", fold_workers)
+             ", CUDA graphs" if cfg.graphs_on(device.type == "cuda") else "", fold_workers)
     # the recipe of the features the model was trained on, so a copied model.pt spots new videos alone
     pipeline_recipe = {stage: ctx.section(stage) for stage in ("crop", "flow", "features")}
     pipeline_recipe["target_fps"] = ctx.dataset.get("target_fps") or ctx.section("resample").get("target_fps")
@@ -569,11 +581,12 @@ def run(ctx: StageContext) -> None:
     else:
         del features   # each fold process reads its own copy
         absolute = replace(ctx, paths=DataPaths(ctx.paths.name, Path(ctx.paths.root).resolve()))
-        n = min(fold_workers, len(todo))
+        groups = fold_groups(todo, fold_workers)
+        n = len(groups)
         devices = fold_devices(device, n, backend, str(p.get("device") or "auto"))
-        tasks = [VideoTask("folds " + ", ".join(todo[i::n]), None, run_id,
-                           {"job": replace(job, ctx=absolute, device=devices[i]), "folds": todo[i::n]})
-                 for i in range(n)]
+        tasks = [VideoTask("folds " + ", ".join(group), None, run_id,
+                           {"job": replace(job, ctx=absolute, device=devices[i]), "folds": group})
+                 for i, group in enumerate(groups)]
         par = ParallelConfig(backend=backend, n_jobs=n, address=ctx.parallel.address,
                              fail_fast=ctx.parallel.fail_fast)
         log.info("%d folds in %d %s processes on %s", len(todo), n, backend, ", ".join(sorted(set(devices))))
