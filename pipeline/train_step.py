@@ -125,7 +125,7 @@ class TrainStep:
         """Gather, forward, loss, backward, optimizer step; add the losses to ``sums``."""
         t = self.tensors
         x = self.bank.gather(t.rows[sel])
-        with autocast(self.device, self.loss.precision, cache=self.graph is None and not self._capturing):
+        with autocast(self.device, self.loss.precision, cache=not self._capturing):
             logits, dists = self.model(x)
         losses = iaenet_loss(logits.float(), dists.float(), t.cls[sel], t.reg[sel], t.mask[sel], batch_size=n_real,
                              alpha=self.loss.alpha, gamma=self.loss.gamma, micro_weight=self.loss.micro_weight,
