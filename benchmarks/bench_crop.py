@@ -60,12 +60,12 @@ import h5py
 import numpy as np
 from skimage import data
 
-from pipeline import jpeg_region
+from pipeline.io import jpeg_region
 from pipeline.crop import CropParams, crop_video, make_finder
-from pipeline.decode import ImageFolderSource, region_decoder_agrees
-from pipeline.h5chunks import CODECS
-from pipeline.params import deep_merge, digest, load_params
-from pipeline.runner import ParallelConfig, VideoTask
+from pipeline.io.decode import ImageFolderSource, region_decoder_agrees
+from pipeline.io.h5chunks import CODECS
+from pipeline.core.params import deep_merge, digest, load_params
+from pipeline.core.runner import ParallelConfig, VideoTask
 from pipeline.synth import generate
 
 SCENARIOS = {
@@ -156,13 +156,13 @@ def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos:
     """Frames/s of decode alone and of the crop stage over ``videos`` videos in ``jobs`` processes.
 
     This is how the stage runs a dataset: one video per process (``crop.threads`` threads
-    each) through :func:`pipeline.runner.map_videos`. The processes are started and their
+    each) through :func:`pipeline.core.runner.map_videos`. The processes are started and their
     dlib models loaded by a first, untimed run; each timed stage run is paired with a
     decode-alone run just before it (the same videos, processes and threads).
     """
     from joblib import Parallel, delayed
 
-    from pipeline.runner import map_videos
+    from pipeline.core.runner import map_videos
 
     threads = int(params["threads"])
     cfg = ParallelConfig(backend="loky", n_jobs=jobs)

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.e2e import (TARGETS, Sampler, evaluate_preset, fixed_cost, reference_dir, run_stage,  # noqa: E402
                             target_evaluate_inputs, write_evaluate_tables)
 from pipeline.evaluate import check_params, evaluate_predictions, natural_key  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.sandbox import make_project  # noqa: E402
+from pipeline.core.params import load_params  # noqa: E402
+from pipeline.core.sandbox import make_project  # noqa: E402
 
 DENSITY = 19_243 / 19_200 / 25  # predictions per kept frame and predicted epoch in the H100 end-to-end run
 EPOCHS = list(range(6, 31))     # the full recipe's 25 predicted epochs

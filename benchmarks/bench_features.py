@@ -59,8 +59,8 @@ from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, 
 from pipeline.crop import CropParams  # noqa: E402
 from pipeline.flow import FlowConfig  # noqa: E402
 from benchmarks.jsonout import emit  # noqa: E402
-from pipeline.h5chunks import CODECS, ChunkCodec, decode_threads  # noqa: E402
-from pipeline.h5io import atomic_h5  # noqa: E402
+from pipeline.io.h5chunks import CODECS, ChunkCodec, decode_threads  # noqa: E402
+from pipeline.io.h5io import atomic_h5  # noqa: E402
 
 log = logging.getLogger("bench_features")
 
@@ -113,7 +113,7 @@ def write_inputs(root: Path, n_videos: int, n_frames: int, size: int, faces_comp
                  flow_compression: str = "none", chunk_frames: int = 8) -> list[tuple]:
     """Faces and flow files as the crop and flow stages write them; returns (video, faces, flow) paths.
 
-    Faces: ``chunk_frames``-frame chunks, compressed with :class:`pipeline.h5chunks.ChunkCodec`
+    Faces: ``chunk_frames``-frame chunks, compressed with :class:`pipeline.io.h5chunks.ChunkCodec`
     as the crop stage does; flow: one field per chunk, h5py's filter (the flow stage's layout).
     """
     out = []

@@ -10,7 +10,7 @@ and, for default OpenCV parameters:
   block / warp shapes first), and the GPU / opencv-all-cores ratio from the same run;
 * pairs/s of the GPU path at 112 and 400 px; peak GPU memory per pair;
 * accuracy on face pairs warped by known smooth sub-pixel fields
-  (:mod:`pipeline.flow_truth`): EPE vs truth of both implementations and the
+  (:mod:`pipeline.synthetic.flow_truth`): EPE vs truth of both implementations and the
   distribution of the per-pair torch-vs-opencv mean EPE;
 * how much batch work the early stop's freezing wasted (``efficiency``).
 
@@ -42,9 +42,9 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.flow_truth import endpoint_error, warped_pair
-from pipeline.tvl1_opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel
-from pipeline.tvl1_torch import SolveStats, TorchTVL1
+from pipeline.synthetic.flow_truth import endpoint_error, warped_pair
+from pipeline.tvl1.opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel
+from pipeline.tvl1.solver import SolveStats, TorchTVL1
 
 log = logging.getLogger("bench_flow")
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=os.cpu_count() or 1, help="processes for opencv all cores")
     ap.add_argument("--no-gpu", action="store_true", help="skip the GPU measurements")
     ap.add_argument("--image", help="RGB face image to warp (default: scikit-image's astronaut; the face "
-                    "must fill its 105:345 x 10:250 box, see pipeline/flow_truth.py)")
+                    "must fill its 105:345 x 10:250 box, see pipeline/synthetic/flow_truth.py)")
     ap.add_argument("--cpu-threads", type=int, default=1, help="torch threads for the torch-CPU figure")
     ap.add_argument("--no-compile", action="store_true",
                     help="torch kernels: eager only (torch.compile of every pyramid size takes minutes)")

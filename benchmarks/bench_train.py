@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jsonout import emit  # noqa: E402
 from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset  # noqa: E402
-from pipeline.device import resolve_device  # noqa: E402
-from pipeline.postprocess import predictions_from_outputs  # noqa: E402
+from pipeline.core.device import resolve_device  # noqa: E402
+from pipeline.learning.postprocess import predictions_from_outputs  # noqa: E402
 from pipeline.train import Prepared, TrainConfig, fold_seed, prepare, train_model  # noqa: E402
-from pipeline.train_step import StepTensors, TrainStep  # noqa: E402
+from pipeline.learning.step import StepTensors, TrainStep  # noqa: E402
 
 log = logging.getLogger("bench_train")
 

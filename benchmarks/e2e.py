@@ -76,7 +76,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/e2e.py` without the package installed
     sys.path.insert(0, str(REPO))
 
-from pipeline.sandbox import make_project  # noqa: E402
+from pipeline.core.sandbox import make_project  # noqa: E402
 
 STAGES = ["synth", "ingest", "resample", "crop", "flow", "features", "train", "evaluate"]
 
@@ -370,7 +370,7 @@ def work_done(project: Path, dataset: str, stride: int) -> dict[str, Any]:
 
 def train_context(project: Path, dataset: str) -> Any:
     """The train stage's context of the project copy (its params.yaml and dataset preset)."""
-    from pipeline.stage import make_context
+    from pipeline.core.stage import make_context
 
     return make_context("train", dataset, project / "params.yaml", project / "data",
                         project / "configs" / "datasets")
@@ -383,7 +383,7 @@ def run_window_passes(project: Path, dataset: str) -> dict[str, int]:
     import pandas as pd
 
     from pipeline.features import clip_count
-    from pipeline.tables import read_annotations
+    from pipeline.io.tables import read_annotations
     from pipeline.train import loso_window_passes, model_recipe
 
     res = project / "data" / dataset / "resample"
@@ -511,7 +511,7 @@ def evaluate_preset(target: dict[str, Any], dataset: str) -> dict[str, Any]:
 
 def write_evaluate_tables(project: Path, dataset: str, inputs: dict[str, Any]) -> None:
     """The tables ``python -m pipeline.evaluate --dataset <dataset>`` reads, in ``project``."""
-    from pipeline.tables import write_table
+    from pipeline.io.tables import write_table
 
     base = project / "data" / dataset
     for name, rel in (("videos", "resample/videos.csv"), ("frames", "resample/frames.csv"),

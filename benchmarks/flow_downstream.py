@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.jsonout import emit  # noqa: E402
-from pipeline.sandbox import make_project  # noqa: E402
+from pipeline.core.sandbox import make_project  # noqa: E402
 
 log = logging.getLogger("flow_downstream")
 ALL = ["synth", "ingest", "resample", "crop", "flow", "features", "train", "evaluate"]

@@ -83,11 +83,11 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the log, note the exit code
   python3 -c "import torch, cv2, sys, triton; print(sys.version.split()[0], torch.__version__, triton.__version__, cv2.__version__, hasattr(cv2, 'optflow'), torch.cuda.get_device_name())"
   nproc; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-# the crop stage's JPEG region decoder (pipeline._jpeg_region): built here where the machine has
+# the crop stage's JPEG region decoder (pipeline.io._jpeg_region): built here where the machine has
 # libjpeg-turbo's headers, else the cp312 build carried in .jr312/ (built on the CPU machine with
 # RUNPATH $ORIGIN, beside the libjpeg.so.62 it links); without either the crop stage decodes whole frames
-python3 -c "import pipeline._jpeg_region" 2>/dev/null || python3 setup.py -q build_ext --inplace >/dev/null 2>&1
-python3 -c "import pipeline._jpeg_region" 2>/dev/null || { [ -d .jr312 ] && cp .jr312/* pipeline/; }
+python3 -c "import pipeline.io._jpeg_region" 2>/dev/null || python3 setup.py -q build_ext --inplace >/dev/null 2>&1
+python3 -c "import pipeline.io._jpeg_region" 2>/dev/null || { [ -d .jr312 ] && cp .jr312/* pipeline/; }
 python3 -c "from pipeline import jpeg_region as j; print('jpeg region decoder:', j.libjpeg_version())" 2>&1 \
   | tail -n 1 | tee -a "$OUT/env.txt"
 STEPS=${STEPS:-"flow tests features profile"}

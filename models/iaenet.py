@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.params import deep_merge, read_yaml
+from pipeline.core.params import deep_merge, read_yaml
 
 from .blocks import make_block
 

@@ -5,10 +5,10 @@ and writes ``data/<ds>/faces/<video>.h5``:
 
 * ``frames`` uint8 [T, size, size, C] (C = 3 colour, 1 grayscale), chunked along T
   (``chunk_frames``), compressed by ``compression``: ``blosc-lz4`` by default, the Blosc
-  HDF5 filter (32001) with bit-shuffle and LZ4 (see :mod:`pipeline.h5chunks`). Blosc
+  HDF5 filter (32001) with bit-shuffle and LZ4 (see :mod:`pipeline.io.h5chunks`). Blosc
   and gzip chunks are compressed in the decode threads (both codecs release the GIL) and
   stored with HDF5's direct chunk write, in the filter's own format, so any HDF5 reader
-  with the filter decodes them (h5py: ``import hdf5plugin``; :mod:`pipeline.h5io` does
+  with the filter decodes them (h5py: ``import hdf5plugin``; :mod:`pipeline.io.h5io` does
   it for the project). Measured on 224 px crops of noisy 640x480 colour JPEGs
   (``benchmarks/RESULTS.md``): ``blosc-lz4`` stores them 17% smaller than ``none`` /
   12% smaller than ``lzf``, and the stage runs at 0.96x its rate with ``none``, against
@@ -24,16 +24,16 @@ and writes ``data/<ds>/faces/<video>.h5``:
   track_keyframes, short, plus ``m2es_params`` (the crop params) and ``m2es_digest``.
 
 JPEG frames are decoded only around each frame's box (``region_decode``, libjpeg-turbo
-through :mod:`pipeline.jpeg_region`: the rows above and below it and the columns beside it
+through :mod:`pipeline.io.jpeg_region`: the rows above and below it and the columns beside it
 are not converted, the rows below are not read), at 1/2, 1/4 or 1/8 of their size when
 the box stays at least ``size`` pixels (``reduced_decode``); the crops are the ones a
 whole-frame decode gives, pixel for pixel (checked once per process on test JPEGs,
-:func:`pipeline.decode.region_decoder_agrees`; where it fails, whole frames are decoded).
+:func:`pipeline.io.decode.region_decoder_agrees`; where it fails, whole frames are decoded).
 
 The box is found once per video on a reference frame (``mode: fixed``, the default: a
 per-frame box jitters and the jitter is false motion for the optical flow), or, with
 ``mode: track``, re-detected every ``track_every`` frames and moved only when the head
-really moved (see :func:`pipeline.faces.plan_track_boxes`).
+really moved (see :func:`pipeline.cropping.finder.plan_track_boxes`).
 """
 
 from __future__ import annotations
@@ -48,16 +48,16 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from .decode import BadFrameError, FrameSource, choose_reduction, open_source, region_decoder_agrees
-from .errors import ConfigError, InputError, NoFaceFound
-from .faces import Detection, FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
-from .h5chunks import CODECS, ChunkCodec
-from .h5io import EarlyWriteback, atomic_h5, remove_partials, remove_stale, write_attrs
-from .jpeg_region import Patch
-from .params import check_keys, digest
-from .runner import VideoTask, map_videos
-from .stage import StageContext, stage_main
-from .tables import read_frames, read_videos
+from pipeline.io.decode import BadFrameError, FrameSource, choose_reduction, open_source, region_decoder_agrees
+from pipeline.errors import ConfigError, InputError, NoFaceFound
+from pipeline.cropping.finder import Detection, FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
+from pipeline.io.h5chunks import CODECS, ChunkCodec
+from pipeline.io.h5io import EarlyWriteback, atomic_h5, remove_partials, remove_stale, write_attrs
+from pipeline.io.jpeg_region import Patch
+from pipeline.core.params import check_keys, digest
+from pipeline.core.runner import VideoTask, map_videos
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.io.tables import read_frames, read_videos
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class CropParams:
     threads: int = 2
     batch: int = 64
     compression: str = "blosc-lz4"
-    compression_level: int | None = None  # None: the codec's own (pipeline.h5chunks.DEFAULT_LEVELS)
+    compression_level: int | None = None  # None: the codec's own (pipeline.io.h5chunks.DEFAULT_LEVELS)
     chunk_frames: int = 8
     models_dir: str | None = None
 
@@ -317,7 +317,7 @@ class _FrameWriter:
     Blosc and gzip chunks are compressed by :meth:`encode`, which releases the GIL and so
     runs in the decode threads, and stored with HDF5's direct chunk write (no filter runs
     in h5py); ``lzf`` and ``none`` go through h5py's own write. The disk writes start as
-    the chunks come (:class:`~pipeline.h5io.EarlyWriteback`), not all at the final fsync.
+    the chunks come (:class:`~pipeline.io.h5io.EarlyWriteback`), not all at the final fsync.
     """
 
     def __init__(self, f, n: int, size: int, channels: int, p: CropParams):

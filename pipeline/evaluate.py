@@ -13,7 +13,7 @@ logs under ``data/<ds>/runs/live/``. Writes:
   ``training_curves.csv`` + ``.png``, ``predictions_<ds>_megc.csv`` (final intervals of
   the default protocol, dataset frame numbering), ``summary.md``.
 
-See :mod:`pipeline.metrics` (matching, counting rules) and :mod:`pipeline.protocols`.
+See :mod:`pipeline.scoring.metrics` (matching, counting rules) and :mod:`pipeline.scoring.protocols`.
 """
 
 from __future__ import annotations
@@ -27,83 +27,23 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import report
-from .errors import ConfigError, InputError
-from .metrics import COUNTING_RULES, OVERALL, Counts, Matching, count_by_type, counts_by_group, match
-from .paths import metrics_path
-from .protocols import (OUTPUT_NAMES, PROTOCOLS, Choice, Cube, build_cube, f1_curve,
+from pipeline.scoring import report
+from pipeline.errors import ConfigError
+from pipeline.scoring.metrics import COUNTING_RULES, OVERALL, Counts, Matching, count_by_type, counts_by_group, match
+from pipeline.core.paths import metrics_path
+from pipeline.scoring.protocols import (OUTPUT_NAMES, PROTOCOLS, Choice, Cube, build_cube, f1_curve,
                         save_thresholds, select_cross_fold, select_fixed, select_paper, selection_mask,
                         threshold_grid)
-from .stage import StageContext, stage_main
-from .tables import TYPES, read_annotations, read_frames, read_table, read_videos, write_table
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.io.artifacts import read_ground_truth, read_predictions
+from pipeline.io.tables import TYPES, read_frames, read_videos, write_table
 
 log = logging.getLogger(__name__)
-
-PREDICTION_COLUMNS = ["video", "subject", "fold", "epoch", "onset", "offset", "type", "score"]
 
 
 def natural_key(value: str) -> tuple:
     """Sort key that orders ``s2`` before ``s10`` and ``2`` before ``10``."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(value)))
-
-
-def _numeric(df: pd.DataFrame, path: Path, columns: Sequence[str], integer: bool) -> None:
-    """Coerce ``columns`` to numbers in place, or raise an InputError naming the first bad row."""
-    for col in columns:
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna() | ~np.isfinite(values.to_numpy(np.float64, na_value=np.nan))
-        if integer:
-            bad |= values.fillna(0) != np.round(values.fillna(0))
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{path}: column '{col}' row {i + 2} holds '{df[col].iloc[i]}', expected "
-                             f"{'an integer' if integer else 'a number'}. Fix the row or rerun the stage that "
-                             "writes this file.")
-        df[col] = values.astype(np.int64 if integer else np.float64)
-
-
-def _check_intervals(df: pd.DataFrame, path: Path, videos: pd.DataFrame) -> None:
-    """Types known, onset <= offset, videos known and subjects consistent with videos.csv."""
-    bad_type = ~df["type"].isin(TYPES)
-    if bad_type.any():
-        i = int(np.flatnonzero(bad_type.to_numpy())[0])
-        raise InputError(f"{path}: row {i + 2} has type '{df['type'].iloc[i]}'; expected one of "
-                         f"{', '.join(TYPES)}.")
-    bad = df["onset"] > df["offset"]
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(f"{path}: row {i + 2} (video {df['video'].iloc[i]}) has onset {df['onset'].iloc[i]} > "
-                         f"offset {df['offset'].iloc[i]}. Fix the row or rerun the stage that writes it.")
-    known = dict(zip(videos["video"], videos["subject"]))
-    unknown = sorted(set(df["video"]) - set(known))
-    if unknown:
-        raise InputError(f"{path}: video(s) {', '.join(unknown[:5])} are not in resample/videos.csv. The file is "
-                         "stale: rerun the stage that wrote it (dvc repro).")
-    wrong = df["subject"] != df["video"].map(known)
-    if wrong.any():
-        i = int(np.flatnonzero(wrong.to_numpy())[0])
-        raise InputError(f"{path}: row {i + 2}: video {df['video'].iloc[i]} has subject '{df['subject'].iloc[i]}' "
-                         f"but resample/videos.csv says '{known[df['video'].iloc[i]]}'. Rerun the stage that "
-                         "wrote it.")
-
-
-def read_predictions(path: str | Path, videos: pd.DataFrame) -> pd.DataFrame:
-    """Read and check ``runs/predictions.csv`` against ``videos`` (resample/videos.csv)."""
-    path = Path(path)
-    df = read_table(path, PREDICTION_COLUMNS)
-    _numeric(df, path, ["epoch", "onset", "offset"], integer=True)
-    _numeric(df, path, ["score"], integer=False)
-    _check_intervals(df, path, videos)
-    return df.reset_index(drop=True)
-
-
-def read_ground_truth(path: str | Path, videos: pd.DataFrame) -> pd.DataFrame:
-    """Read and check ``resample/annotations.csv`` (the ground truth) against ``videos``."""
-    path = Path(path)
-    df = read_annotations(path)
-    _numeric(df, path, ["onset", "offset"], integer=True)
-    _check_intervals(df, path, videos)
-    return df.reset_index(drop=True)
 
 
 @dataclass

@@ -57,14 +57,14 @@ from tqdm.auto import tqdm
 
 from models.weights import BACKBONES, RANDOM_INIT, STREAM_CHANNELS, Backbone, load_backbone
 
-from .device import resolve_device
-from .errors import ConfigError, InputError, M2esError, StageFailed
-from .h5chunks import decode_threads, read_dataset
-from .h5io import atomic_h5, file_digest, remove_partials, remove_stale
-from .params import check_keys, digest
-from .runner import VideoTask, pending
-from .stage import StageContext, stage_main
-from .tables import read_videos, write_table
+from pipeline.core.device import resolve_device
+from pipeline.errors import ConfigError, InputError, M2esError, StageFailed
+from pipeline.io.h5chunks import decode_threads, read_dataset
+from pipeline.io.h5io import atomic_h5, file_digest, remove_partials, remove_stale
+from pipeline.core.params import check_keys, digest
+from pipeline.core.runner import VideoTask, pending
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.io.tables import read_videos, write_table
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def read_video(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = F
     """Read the frames (uint8) and flow (float16) of a probed video, whole, exactly as stored.
 
     Chunks are read and decompressed in ``pool``'s threads when given (see
-    :func:`pipeline.h5chunks.read_dataset`); with ``pin`` (CUDA only) the arrays are
+    :func:`pipeline.io.h5chunks.read_dataset`); with ``pin`` (CUDA only) the arrays are
     decoded straight into page-locked tensors, ready for an asynchronous copy to the GPU.
     No conversion happens on the host: frames go to the device as uint8, flow as float16.
     Only the arrays of ``streams`` are read (the other is None).
@@ -698,7 +698,7 @@ def weights_identity(cfg: FeatureConfig) -> dict[str, str]:
 def write_features(path: Path, result: VideoFeatures, video_digest_: str, cfg: FeatureConfig,
                    provenance: Mapping[str, Any]) -> None:
     """Write one video's features file atomically (``rgb``, ``flow`` float32 [N, D] + attrs)."""
-    from .h5io import write_attrs
+    from pipeline.io.h5io import write_attrs
 
     with atomic_h5(path, video_digest_, cfg.identity()) as f:
         for stream, arr in result.features.items():

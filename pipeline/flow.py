@@ -8,8 +8,8 @@ resolution) with attrs ``impl`` and every TV-L1 parameter.
 Two implementations of the same algorithm (``flow.impl``):
 
 * ``opencv`` -- ``cv2.optflow.DualTVL1OpticalFlow``, one thread per process, videos
-  spread over processes by :func:`pipeline.runner.map_videos`;
-* ``torch`` -- :class:`pipeline.tvl1_torch.TorchTVL1`, pairs from many videos batched
+  spread over processes by :func:`pipeline.core.runner.map_videos`;
+* ``torch`` -- :class:`pipeline.tvl1.solver.TorchTVL1`, pairs from many videos batched
   in one process on the GPU; each video is still written atomically and skipped when
   complete;
 * ``auto`` -- ``torch`` when CUDA is available, ``opencv`` otherwise.
@@ -21,24 +21,24 @@ Colour frames are taken to be stored in RGB order (``flow.channel_order``; set i
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import cv2
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, InputError, M2esError, StageFailed
-from .h5chunks import decode_threads, read_dataset
-from .h5io import COMPLETE_ATTR, EarlyWriteback, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
-from .params import digest
-from .runner import NOT_YET, TaskFeed, VideoTask, map_videos, pending
-from .stage import StageContext, stage_main
-from .tvl1_opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel, to_gray
+from pipeline.errors import ConfigError, InputError, M2esError, StageFailed
+from pipeline.io.h5chunks import decode_threads
+from pipeline.io.artifacts import faces_shape, read_faces
+from pipeline.io.h5io import EarlyWriteback, atomic_h5, file_digest, remove_partials, remove_stale, write_attrs
+from pipeline.core.params import digest
+from pipeline.core.runner import NOT_YET, TaskFeed, VideoTask, map_videos, pending
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.tvl1.opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel, to_gray
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,11 @@ def resolve_impl(impl: str, device: str = "auto") -> str:
 def resolve_kernels(kernels: str, tvl1: TVL1Params, device: Any) -> str:
     """``triton`` or ``torch`` for the torch implementation (``auto``: Triton where it can run).
 
-    The Triton kernel (:mod:`pipeline.tvl1_triton`) runs each pair's own early-stop
-    schedule on the GPU; the torch kernels (:mod:`pipeline.tvl1_kernels`) cover every
+    The Triton kernel (:mod:`pipeline.tvl1.triton_solver`) runs each pair's own early-stop
+    schedule on the GPU; the torch kernels (:mod:`pipeline.tvl1.kernels`) cover every
     parameter (``gamma != 0``, any median size) and the CPU. Both compute the same flow.
     """
-    from .tvl1_triton import supports
+    from pipeline.tvl1.triton_solver import supports
 
     if kernels == "torch":
         return "torch"
@@ -130,42 +130,6 @@ def algorithm_identity(tvl1: TVL1Params, cfg: FlowConfig, impl: str) -> dict[str
 
 
 # --------------------------------------------------------------------------- I/O
-def read_faces(path: Path, video: str, pool: Executor | None = None) -> np.ndarray:
-    """The ``frames`` of a faces file, checked: uint8 [T, H, W, C] with C 1 or 3.
-
-    The chunks are decoded by :func:`pipeline.h5chunks.read_dataset` (the same array as
-    an h5py read), in ``pool``'s threads when given.
-    """
-    try:
-        with h5py.File(path, "r") as f:
-            if not bool(f.attrs.get(COMPLETE_ATTR, False)):
-                raise InputError(f"{path} (video {video}): faces file is incomplete. Rerun the crop stage.")
-            if "frames" not in f:
-                raise InputError(f"{path} (video {video}): no 'frames' dataset. Rerun the crop stage.")
-            frames = read_dataset(f["frames"], pool=pool)
-    except OSError as exc:
-        raise InputError(f"{path} (video {video}): cannot read the faces file ({exc}). Rerun the crop stage.") from exc
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] not in (1, 3):
-        raise InputError(f"{path} (video {video}): frames are {frames.dtype} {frames.shape}, expected uint8 "
-                         "[T, H, W, C] with C = 1 or 3. Rerun the crop stage.")
-    if frames.shape[0] < 2:
-        raise InputError(f"{path} (video {video}): has {frames.shape[0]} frame(s); flow needs at least 2 "
-                         "(no pairs, no file written). Drop the video from the dataset or fix its frames.")
-    if min(frames.shape[1:3]) < 3:
-        raise InputError(f"{path} (video {video}): frames of {frames.shape[1]}x{frames.shape[2]} px are too small "
-                         "for TV-L1. Use a larger crop.size.")
-    return frames
-
-
-def faces_shape(path: Path, video: str) -> tuple[int, ...]:
-    """Shape of ``frames`` without reading the pixels."""
-    try:
-        with h5py.File(path, "r") as f:
-            if "frames" not in f:
-                raise InputError(f"{path} (video {video}): no 'frames' dataset. Rerun the crop stage.")
-            return tuple(f["frames"].shape)
-    except OSError as exc:
-        raise InputError(f"{path} (video {video}): cannot read the faces file ({exc}). Rerun the crop stage.") from exc
 
 
 def to_float16(flow: np.ndarray, video: str) -> np.ndarray:
@@ -257,7 +221,7 @@ def run_torch(tasks: list[VideoTask] | TaskFeed, tvl1: TVL1Params, cfg: FlowConf
     """Batch the pairs of all ``tasks`` across videos through one :class:`TorchTVL1`.
 
     A list of videos is grouped by frame size (a batch holds one size); a streaming
-    :class:`~pipeline.runner.TaskFeed` (faces files still being cropped) is taken in
+    :class:`~pipeline.core.runner.TaskFeed` (faces files still being cropped) is taken in
     arrival order, and whatever is queued is solved whenever the next video has not
     arrived yet, so the GPU works while the crop stage does. Videos are read one ahead in
     a background thread, and each video's file is committed as soon as its last pair is
@@ -265,8 +229,8 @@ def run_torch(tasks: list[VideoTask] | TaskFeed, tvl1: TVL1Params, cfg: FlowConf
     """
     import torch
 
-    from .device import resolve_device
-    from .tvl1_torch import TorchTVL1
+    from pipeline.core.device import resolve_device
+    from pipeline.tvl1.solver import TorchTVL1
 
     device = resolve_device(cfg.device)
     kernels = resolve_kernels(cfg.kernels, tvl1, device)

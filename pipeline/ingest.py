@@ -28,13 +28,13 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, InputError
-from .layouts import get_reader
-from .layouts.common import (DEFAULT_IMAGE_EXTENSIONS, LayoutData, check_contiguous, check_images,
+from pipeline.errors import ConfigError, InputError
+from pipeline.layouts import get_reader
+from pipeline.layouts.common import (DEFAULT_IMAGE_EXTENSIONS, LayoutData, check_contiguous, check_images,
                              count_video_file, dataset_root, is_color, list_frames)
-from .runner import VideoTask, map_videos
-from .stage import StageContext, stage_main
-from .tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, VIDEO_COLUMNS, write_table
+from pipeline.core.runner import VideoTask, map_videos
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.io.tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, VIDEO_COLUMNS, write_table
 
 log = logging.getLogger(__name__)
 

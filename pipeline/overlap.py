@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from . import crop, flow
-from .errors import ConfigError, M2esError, StageFailed
-from .h5io import file_digest, remove_partials
-from .runner import TaskFeed, VideoTask
-from .stage import EXIT_USER_ERROR, StageContext, make_context, setup_logging, stage_parser
-from .tables import read_frames, read_videos
+from pipeline import crop, flow
+from pipeline.errors import ConfigError, M2esError, StageFailed
+from pipeline.io.h5io import file_digest, remove_partials
+from pipeline.core.runner import TaskFeed, VideoTask
+from pipeline.core.stage import EXIT_USER_ERROR, StageContext, make_context, setup_logging, stage_parser
+from pipeline.io.tables import read_frames, read_videos
 
 log = logging.getLogger(__name__)
 

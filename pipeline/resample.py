@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, InputError
-from .stage import StageContext, stage_main
-from .tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, read_annotations, read_frames, read_videos, write_table
+from pipeline.errors import ConfigError, InputError
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.io.tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, read_annotations, read_frames, read_videos, write_table
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ input under a fixed name plus an empty generic-layout ``annotations.csv``; then
 :func:`pipeline.ingest.run` (generic door), :func:`pipeline.resample.run` (to the model's
 frame rate, the pipeline's ``floor(j * src / tgt)`` rule), :func:`pipeline.crop.run`,
 :func:`pipeline.flow.run` and :func:`pipeline.features.run` run with a
-:class:`~pipeline.stage.StageContext` whose data root is the cache and whose crop, flow
+:class:`~pipeline.core.stage.StageContext` whose data root is the cache and whose crop, flow
 and features params are the ones the model's training features were made with. The
 stages' per-video digests make a second run on the same input skip crop, flow and
 features (``steps`` in the JSON says ``cached`` or ``computed`` for each, from the output
-file's inode and mtime). IAENet inference is :func:`pipeline.postprocess.predict_video`;
-thresholds are applied with :func:`pipeline.protocols.apply_thresholds`; positions go
-back to the input's frame numbers through :func:`pipeline.tables.to_source_frames`.
+file's inode and mtime). IAENet inference is :func:`pipeline.learning.postprocess.predict_video`;
+thresholds are applied with :func:`pipeline.scoring.protocols.apply_thresholds`; positions go
+back to the input's frame numbers through :func:`pipeline.io.tables.to_source_frames`.
 
 Where the model's feature recipe comes from (first that exists):
 
@@ -106,13 +106,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, InputError, M2esError, StageFailed
-from .h5io import file_digest, read_attr_json
-from .params import PRESET_DIR, deep_merge, digest, load_dataset, load_params, stage_params
-from .paths import DataPaths
-from .runner import ParallelConfig
-from .stage import StageContext, setup_logging
-from .tables import TYPES, read_frames, read_videos, to_source_frames
+from pipeline.errors import ConfigError, InputError, M2esError, StageFailed
+from pipeline.io.h5io import file_digest, read_attr_json
+from pipeline.core.params import PRESET_DIR, deep_merge, digest, load_dataset, load_params, stage_params
+from pipeline.core.paths import DataPaths
+from pipeline.core.runner import ParallelConfig
+from pipeline.core.stage import StageContext, setup_logging
+from pipeline.io.tables import TYPES, read_frames, read_videos, to_source_frames
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def content_key(inp: SpotInput, extensions: Sequence[str], chunk_mb: int = 8) ->
 
     Streams every byte (size and mtime are not enough: a re-encoded file can keep both).
     """
-    from .layouts.common import list_frames
+    from pipeline.layouts.common import list_frames
 
     h = hashlib.sha256()
     chunk = chunk_mb << 20
@@ -503,7 +503,7 @@ def check_feature_recipe(section: Mapping[str, Any], provenance: Mapping[str, An
     """Refuse (:class:`ModelMismatch`) features that would differ from the model's training features."""
     from models.weights import RANDOM_INIT
 
-    from .features import FeatureConfig, weights_identity
+    from pipeline.features import FeatureConfig, weights_identity
 
     try:
         cfg = FeatureConfig.from_params(section, where="spot: features (from the model's recipe)")
@@ -577,7 +577,7 @@ def _describe(identity: str) -> str:
 def find_thresholds(checkpoint: Path, explicit_file: str | None, macro: float | None, micro: float | None,
                     defaults: Mapping[str, float]) -> tuple[dict[str, float], str, dict[str, Any]]:
     """(thresholds, where they came from, file metadata): CLI values > --thresholds > the run's evaluate > params."""
-    from .protocols import load_thresholds
+    from pipeline.scoring.protocols import load_thresholds
 
     meta: dict[str, Any] = {}
     base: dict[str, float] | None = None
@@ -619,7 +619,7 @@ def load_model(checkpoint: Path, device: str, dataset: str | None, params: Mappi
     """Load and check the model: checkpoint, feature recipe, weights, thresholds."""
     from models.iaenet import load_checkpoint
 
-    from .device import resolve_device
+    from pipeline.core.device import resolve_device
 
     dev = resolve_device(device)
     try:
@@ -743,7 +743,7 @@ def lost_face_spans(faces_path: Path, crop_section: Mapping[str, Any], every: in
     """Spans of model-rate positions where the face is lost (see the module doc) and check statistics."""
     import cv2
 
-    from .crop import CropParams, make_finder
+    from pipeline.crop import CropParams, make_finder
 
     finder = make_finder(CropParams.from_section(crop_section))
     with h5py.File(faces_path, "r") as f:
@@ -794,7 +794,7 @@ def cached_face_check(base: Path, faces_path: Path, crop_section: Mapping[str, A
             pass
     spans, stats = lost_face_spans(faces_path, crop_section, every, settings.face_check_size,
                                    settings.face_check_min_samples)
-    from .report import write_json
+    from pipeline.scoring.report import write_json
 
     write_json(memo, {"key": key, "spans": [list(s) for s in spans], "stats": stats})
     return spans, stats, "computed"
@@ -861,9 +861,9 @@ def read_ground_truth(path: str | Path, inp: SpotInput) -> pd.DataFrame:
 def spot_one(inp: SpotInput, model: SpotModel, settings: SpotSettings, params: Mapping[str, Any], out_dir: Path,
              annotate: bool = False, ground_truth: str | None = None) -> SpotResult:
     """Spot one input end to end and write its outputs into ``out_dir``."""
-    from .postprocess import predict_video
-    from .protocols import apply_thresholds
-    from .train import read_features
+    from pipeline.learning.postprocess import predict_video
+    from pipeline.scoring.protocols import apply_thresholds
+    from pipeline.io.artifacts import read_features
 
     extensions = tuple((params.get("ingest") or {}).get("image_extensions") or INGEST_DEFAULTS["image_extensions"])
     n_steps = 9 + int(annotate)  # hash, ingest, resample, crop, flow, features, face check, IAENet, write
@@ -950,8 +950,8 @@ def spot_one(inp: SpotInput, model: SpotModel, settings: SpotSettings, params: M
         }
         if gt is not None:
             doc["ground_truth"] = _score_against(intervals, gt, str(ground_truth))
-        from .report import write_json
-        from .tables import write_table
+        from pipeline.scoring.report import write_json
+        from pipeline.io.tables import write_table
 
         write_table(intervals, out["csv"])
         write_json(out["json"], _jsonable(doc))
@@ -997,7 +997,7 @@ def _spans_table(spans: Sequence[tuple[int, int]], frames: pd.DataFrame, last_fr
 
 def _score_against(intervals: pd.DataFrame, gt: pd.DataFrame, path: str) -> dict[str, Any]:
     """MEGC counts (IoU >= 0.5, one-to-one) of the intervals against a ground truth, per type."""
-    from .metrics import counts_to_dict, evaluate
+    from pipeline.scoring.metrics import counts_to_dict, evaluate
 
     pred = intervals[["type", "onset", "offset", "score"]].assign(video="v", subject="s")
     truth = gt.assign(video="v", subject="s")
@@ -1071,7 +1071,7 @@ def write_annotated(path: Path, paths: DataPaths, intervals: pd.DataFrame, spans
     """A copy of the input with the face box, spotted intervals and lost-face spans drawn (mp4 via OpenCV)."""
     import cv2
 
-    from .decode import BadFrameError, open_source
+    from pipeline.io.decode import BadFrameError, open_source
 
     videos = read_videos(paths.ingest / "videos.csv")
     row = videos.iloc[0]

@@ -7,7 +7,7 @@ Everything is drawn from ``params.yaml: synth`` (with the preset's ``overrides.s
 and its seed, so a rerun writes identical bytes. See ``docs/datasets.md``.
 
 The plan (who, how long, what happens when) is drawn in this process; videos are
-rendered in parallel with :func:`pipeline.runner.map_videos`, each written under a
+rendered in parallel with :func:`pipeline.core.runner.map_videos`, each written under a
 temporary name and renamed when complete. A video whose marker in
 ``<root>/.synth/<video>.json`` carries the same digest is skipped.
 """
@@ -22,16 +22,16 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from .errors import ConfigError
-from .params import digest
-from .runner import VideoTask, map_videos
-from .stage import StageContext, stage_main
-from .synth_faces import FaceDetector, make_subject
-from .synth_layouts import (DISTRACTORS, GROUND_TRUTH, FrameSink, VideoSpec, distractor_table,
+from pipeline.errors import ConfigError
+from pipeline.core.params import digest
+from pipeline.core.runner import VideoTask, map_videos
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.synthetic.faces import FaceDetector, make_subject
+from pipeline.synthetic.layouts import (DISTRACTORS, GROUND_TRUTH, FrameSink, VideoSpec, distractor_table,
                             ground_truth_table, name_video, write_casme2_xlsx, write_csv, write_generic_annotations,
                             write_samm_xlsx)
-from .synth_render import VideoRenderer
-from .synth_schedule import Schedule, sample_schedule
+from pipeline.synthetic.render import VideoRenderer
+from pipeline.synthetic.schedule import Schedule, sample_schedule
 
 log = logging.getLogger(__name__)
 

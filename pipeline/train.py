@@ -20,7 +20,7 @@ is skipped (resume after a kill). ``train.fold_workers`` > 1 trains folds in par
 processes (one GPU each, round-robin, when several are visible; the dask cluster when
 ``parallel.backend`` is ``dask``) with the same results as one after another.
 ``train.cuda_graphs`` replays each model's training step as a CUDA graph
-(:mod:`pipeline.train_step`): eager steps leave a GPU mostly idle at this model size.
+(:mod:`pipeline.learning.step`): eager steps leave a GPU mostly idle at this model size.
 A model's checkpoint is written in a background thread while the next model trains.
 """
 
@@ -37,7 +37,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -45,23 +44,23 @@ from tqdm.auto import tqdm
 
 from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset, save_checkpoint
 
-from .device import resolve_device
-from .errors import ConfigError, InputError
-from .h5io import COMPLETE_ATTR, DIGEST_ATTR, PARAMS_ATTR, read_attr_json
-from .params import digest
-from .paths import DataPaths
-from .postprocess import predictions_from_outputs, run_windows
-from .runner import ParallelConfig, VideoTask, map_videos
-from .stage import StageContext, stage_main
-from .tables import read_annotations, read_table, write_table
-from .train_step import LossSpec, StepTensors, TrainStep
-from .windows import (FeatureBank, PointGrid, WindowSet, WindowSpec, assign_labels, make_test_windows,
+from pipeline.core.device import resolve_device
+from pipeline.errors import ConfigError, InputError
+from pipeline.io.artifacts import PREDICTION_COLUMNS, read_features
+from pipeline.io.h5io import COMPLETE_ATTR, DIGEST_ATTR
+from pipeline.core.params import digest
+from pipeline.core.paths import DataPaths
+from pipeline.learning.postprocess import predictions_from_outputs, run_windows
+from pipeline.core.runner import ParallelConfig, VideoTask, map_videos
+from pipeline.core.stage import StageContext, stage_main
+from pipeline.io.tables import read_annotations, read_table, write_table
+from pipeline.learning.step import LossSpec, StepTensors, TrainStep
+from pipeline.learning.windows import (FeatureBank, PointGrid, WindowSet, WindowSpec, assign_labels, make_test_windows,
                       make_train_windows, point_mask)
 
 log = logging.getLogger(__name__)
 
 CODE_VERSION = 1
-PREDICTION_COLUMNS = ["video", "subject", "fold", "epoch", "onset", "offset", "type", "score"]
 EpochCallback = Callable[[int, dict[str, float]], None]
 # one line per trained model; benchmarks/e2e.py --calibrate reads the seconds back (model_seconds)
 MODEL_LOG = "%s: %d training windows, %.1f s on %s, final loss %.4f"
@@ -245,28 +244,6 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
 
 # ---------------------------------------------------------------------------------------
 # the stage
-
-
-def read_features(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """``rgb`` and ``flow`` of one features file, concatenated [N, Drgb + Dflow], and its attrs."""
-    try:
-        with h5py.File(path, "r") as f:
-            if not bool(f.attrs.get(COMPLETE_ATTR, True)):
-                raise InputError(f"{path}: incomplete features file. Rerun the features stage (dvc repro features).")
-            for key in ("rgb", "flow"):
-                if key not in f:
-                    raise InputError(f"{path}: no '{key}' dataset. Rerun the features stage for this video.")
-            rgb, flow = f["rgb"][()], f["flow"][()]
-            attrs = {k: read_attr_json(f, k) for k in f.attrs if k != PARAMS_ATTR}
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable HDF5 ({exc}). Delete it and rerun the features stage.") from exc
-    if rgb.ndim != 2 or flow.ndim != 2 or rgb.shape[0] != flow.shape[0]:
-        raise InputError(f"{path}: rgb {rgb.shape} and flow {flow.shape} must be [N, D] with the same N. "
-                         "Rerun the features stage for this video.")
-    feats = np.concatenate([rgb, flow], axis=1).astype(np.float32, copy=False)
-    if not np.isfinite(feats).all():
-        raise InputError(f"{path}: features contain NaN or inf. Rerun the features stage for this video.")
-    return feats, attrs
 
 
 def load_inputs(ctx: StageContext, feature_stride: int, report: bool = True) -> tuple[
@@ -489,7 +466,7 @@ def train_folds(prep: Prepared, job: FoldJob, folds: list[str],
 
 def _fold_group(task: VideoTask) -> dict[str, pd.DataFrame | None]:
     """Train the folds ``task.payload["folds"]`` one after another in one process (a
-    :func:`pipeline.runner.map_videos` task): the process reads the features itself, once,
+    :func:`pipeline.core.runner.map_videos` task): the process reads the features itself, once,
     instead of receiving them pickled, and refuses features that changed since the driver
     computed the run's digest. Returns {fold: out-of-fold predictions (None for ``final``)}."""
     job: FoldJob = task.payload["job"]

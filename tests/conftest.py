@@ -22,9 +22,6 @@ def _reference_dir() -> Path:
     """``$M2ES_REFERENCE_DIR``, else ``../shared/reference/annotations`` beside the repository."""
     if os.environ.get("M2ES_REFERENCE_DIR"):
         return Path(os.environ["M2ES_REFERENCE_DIR"])
-    for shared in (REPO.parent / "shared", Path("/work/shared")):
-        if (shared / "reference" / "annotations").is_dir():
-            return shared / "reference" / "annotations"
     return REPO.parent / "shared" / "reference" / "annotations"
 
 
@@ -55,7 +52,7 @@ class Workspace:
 
     def context(self, stage: str, dataset: str):
         """The stage context, as ``python -m pipeline.<stage> --dataset`` builds it here."""
-        from pipeline.stage import make_context
+        from pipeline.core.stage import make_context
 
         return make_context(stage, dataset)
 

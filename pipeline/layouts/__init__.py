@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import ConfigError
-from .casme2 import read_casme2
-from .common import LayoutData, VideoEntry
-from .generic import read_generic
-from .samm import read_samm
+from pipeline.errors import ConfigError
+from pipeline.layouts.casme2 import read_casme2
+from pipeline.layouts.common import LayoutData, VideoEntry
+from pipeline.layouts.generic import read_generic
+from pipeline.layouts.samm import read_samm
 
 READERS: dict[str, Callable[..., LayoutData]] = {
     "casme2": read_casme2,

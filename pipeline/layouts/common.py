@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ..errors import InputError
-from .common import (VIDEO_EXTENSIONS, LayoutData, VideoEntry, frames_root, normalize_type,
+from pipeline.errors import InputError
+from pipeline.layouts.common import (VIDEO_EXTENSIONS, LayoutData, VideoEntry, frames_root, normalize_type,
                      resolve_annotation_file, rows_frame, to_number)
 
 log = logging.getLogger(__name__)

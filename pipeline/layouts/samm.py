@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import InputError
-from .common import (LayoutData, VideoEntry, frames_root, is_empty, normalize_type, read_workbook,
+from pipeline.errors import InputError
+from pipeline.layouts.common import (LayoutData, VideoEntry, frames_root, is_empty, normalize_type, read_workbook,
                      resolve_annotation_file, rows_frame, to_number)
 
 log = logging.getLogger(__name__)

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.h5io import atomic_h5, write_attrs
-from pipeline.runner import VideoTask
+from pipeline.io.h5io import atomic_h5, write_attrs
+from pipeline.core.runner import VideoTask
 
-#: under ``pipeline``: the loggers whose records a worker sends back (pipeline.runner.WORKER_LOGGERS)
+#: under ``pipeline``: the loggers whose records a worker sends back (pipeline.core.runner.WORKER_LOGGERS)
 log = logging.getLogger("pipeline.tests_runner_funcs")
 
 
 def make_tasks(out_dir: Path, videos, calls_dir: Path, version: str = "v1", **extra) -> list[VideoTask]:
     """One task per video writing ``out_dir/<video>.h5``; calls are recorded in ``calls_dir``."""
-    from pipeline.params import digest
+    from pipeline.core.params import digest
 
     return [VideoTask(v, out_dir / f"{v}.h5", digest({"video": v, "version": version}),
                       {"seed": i, "calls": str(calls_dir), **extra}) for i, v in enumerate(videos)]

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import torch
 
-from pipeline.flow_truth import warped_pair
-from pipeline.tvl1_opencv import TVL1Params
-from pipeline.tvl1_torch import TorchTVL1
+from pipeline.synthetic.flow_truth import warped_pair
+from pipeline.tvl1.opencv import TVL1Params
+from pipeline.tvl1.solver import TorchTVL1
 
 CASES = {
     "median5_exact": (dict(nscales=3, warps=2), 0),

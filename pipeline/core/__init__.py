@@ -1,0 +1,1 @@
+"""Shared machinery of every stage: params, paths, the stage entry point, the runner, devices, sandboxes."""

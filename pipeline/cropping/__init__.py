@@ -1,0 +1,1 @@
+"""Face finding and cropping machinery of the crop stage."""

@@ -1,0 +1,94 @@
+"""The pipeline's tables (``videos.csv``, ``annotations.csv``, ``frames.csv``): schema, I/O.
+
+* ``videos.csv``: video, subject, fps, n_frames, source, kind (``frames`` or ``file``),
+  color (1 colour, 0 grayscale); resample adds source_fps.
+* ``annotations.csv``: video, subject, onset, apex, offset, type (``macro``/``micro``),
+  source_onset, source_apex, source_offset. Frames are 0-based positions in the
+  processed sequence, intervals inclusive; ``source_*`` keep the dataset's numbering.
+* ``frames.csv``: video, frame (0-based position), source_frame (the dataset's frame
+  number), path (image file; empty for video files, where source_frame is the
+  0-based decode index). Resample keeps only the rows of kept frames, renumbered.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.errors import InputError
+
+VIDEO_COLUMNS = ["video", "subject", "fps", "n_frames", "source", "kind", "color"]
+ANNOTATION_COLUMNS = ["video", "subject", "onset", "apex", "offset", "type",
+                      "source_onset", "source_apex", "source_offset"]
+FRAME_COLUMNS = ["video", "frame", "source_frame", "path"]
+TYPES = ("macro", "micro")
+
+_DTYPES = {"video": str, "subject": str, "source": str, "kind": str, "type": str, "path": str}
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a CSV atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """Read a pipeline table, checking that the required ``columns`` are present."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: table not found. Run the stage that writes it first (dvc repro).")
+    df = pd.read_csv(path, dtype={c: t for c, t in _DTYPES.items()}, keep_default_na=False)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}. Expected at least: {', '.join(columns)}.")
+    return df
+
+
+def read_videos(path: str | Path) -> pd.DataFrame:
+    """Read a ``videos.csv``."""
+    return read_table(path, VIDEO_COLUMNS)
+
+
+def read_annotations(path: str | Path) -> pd.DataFrame:
+    """Read an ``annotations.csv``."""
+    return read_table(path, ANNOTATION_COLUMNS)
+
+
+def read_frames(path: str | Path) -> pd.DataFrame:
+    """Read a ``frames.csv``."""
+    return read_table(path, FRAME_COLUMNS)
+
+
+def to_source_frames(frames: pd.DataFrame, video: str, positions, end: bool = False) -> "list[int]":
+    """Map 0-based positions of ``video`` in a ``frames.csv`` to the dataset's frame numbers.
+
+    This is the one function through which any export back to a dataset's own numbering
+    goes (MEGC prediction files, ``m2es spot`` output). With ``end=False`` a position maps
+    to the number of its kept frame (right for onsets and apexes); with ``end=True`` it
+    maps to the last source frame before the next kept one (right for offsets: at
+    200 -> 30 fps a kept frame stands for a sub-segment of 6 or 7 source frames). The
+    last kept frame stands for the median source step. Positions past the last frame
+    are clipped to it.
+    """
+    import numpy as np
+
+    rows = frames[frames["video"] == video].sort_values("frame")
+    if rows.empty:
+        raise InputError(f"frames table: no frames for video '{video}'. Rerun ingest and resample.")
+    numbers = rows["source_frame"].to_numpy(dtype=np.int64)
+    idx = np.clip(np.asarray(positions, dtype=np.int64), 0, len(numbers) - 1)
+    if not end:
+        return [int(n) for n in numbers[idx]]
+    step = int(np.median(np.diff(numbers))) if len(numbers) > 1 else 1
+    ends = np.append(numbers[1:] - 1, numbers[-1] + step - 1)
+    return [int(n) for n in ends[idx]]

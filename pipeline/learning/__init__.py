@@ -1,0 +1,1 @@
+"""IAENet training machinery: windows, labels, post-processing, the training step."""

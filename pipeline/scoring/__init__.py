@@ -1,0 +1,1 @@
+"""MEGC F1: interval matching, selection protocols, reports."""

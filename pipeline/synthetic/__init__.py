@@ -1,0 +1,1 @@
+"""The synthetic benchmark generator (faces, motion, schedules, rendering, dataset layouts)."""

@@ -1,0 +1,219 @@
+"""IAENet: published parameter counts and shapes, losses on known inputs, overfitting a tiny
+set, checkpoint round trip, bf16 autocast against fp32."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.blocks import make_block, registered_blocks
+from models.iaenet import (build_model, count_parameters, level_geometry, load_checkpoint, load_model_preset,
+                           resolve_preset, save_checkpoint)
+from models.losses import iaenet_loss, interval_iou, sigmoid_focal_loss
+from pipeline.errors import ConfigError, InputError
+from pipeline.learning.postprocess import predict_video
+from pipeline.train import TrainConfig, prepare, train_model
+
+LOG2 = math.log(2.0)
+
+
+def tiny_preset(name: str = "iaenet_casme2") -> dict:
+    """The published preset's geometry and recipe with a tiny network (fast on CPU)."""
+    p = copy.deepcopy(load_model_preset(name))
+    p["model"]["base"]["dim"] = 32
+    p["model"]["encoder"]["dims"] = [32, 32, 64]
+    p["model"]["csfm"]["dropout"] = 0.0
+    p["model"]["heads"]["dim"] = 32
+    return p
+
+
+@pytest.mark.parametrize("name,params,points", [("iaenet_casme2", 30_173_198, 28), ("iaenet_samm", 24_009_102, 56)])
+def test_published_parameter_counts_and_shapes(name: str, params: int, points: int) -> None:
+    model = build_model(load_model_preset(name), 2048)
+    assert count_parameters(model) == params
+    model.eval()
+    with torch.no_grad():
+        logits, dists = model(torch.randn(3, 64, 2048))
+    assert logits.shape == (3, points, 2) and dists.shape == (3, points, 2)
+    assert (dists >= 0).all()
+    assert sum(level_geometry(load_model_preset(name))[0]) == points
+
+
+def test_input_width_follows_features() -> None:
+    model = build_model(tiny_preset(), 4096)
+    assert model(torch.randn(1, 64, 4096))[0].shape == (1, 28, 2)
+    with pytest.raises(ValueError, match="4096"):
+        model(torch.randn(1, 64, 2048))
+
+
+def test_registry_and_bad_presets() -> None:
+    assert {"base", "encoder", "tam", "decoder", "csfm", "heads"} <= set(registered_blocks())
+    with pytest.raises(ConfigError, match="unknown block 'nope'"):
+        make_block("nope")
+    bad = tiny_preset()
+    bad["levels"]["strides"] = [4, 8, 16]
+    with pytest.raises(ConfigError, match="do not match the network"):
+        build_model(bad, 16)
+
+
+def test_tam_weights_time_steps() -> None:
+    tam = make_block("tam")
+    with torch.no_grad():
+        tam.gate.weight.fill_(1.0)
+        tam.gate.bias.fill_(0.0)
+    x = torch.tensor([[[1.0, -1.0], [3.0, -3.0]]])      # channel means 2 and -2
+    out = tam(x)
+    expected = x * torch.sigmoid(torch.tensor([2.0, -2.0]))
+    assert torch.allclose(out, expected)
+
+
+def test_resolve_preset_overrides_only_non_null() -> None:
+    p = load_model_preset("iaenet_samm")
+    r = resolve_preset(p, {"lr": 1e-3, "epochs": None, "reg_weight": 0.1})
+    assert r["train"]["lr"] == 1e-3 and r["train"]["epochs"] == 30 and r["loss"]["reg_weight"] == 0.1
+    assert p["train"]["lr"] == 4e-4
+
+
+def test_focal_loss_known_values() -> None:
+    logits = torch.zeros(1, 1, 2)
+    # positive macro at p=0.5: 0.25 * 0.5**2 * log 2; negative micro channel: 0.75 * 0.5**2 * log 2
+    got = sigmoid_focal_loss(logits, torch.tensor([[1]]))
+    assert got.item() == pytest.approx(0.25 * 0.25 * LOG2 + 0.75 * 0.25 * LOG2, rel=1e-6)
+    # a confident correct negative costs almost nothing; a confident wrong one a lot
+    x = torch.tensor([[[-4.0, 4.0]]])
+    p = torch.sigmoid(torch.tensor(4.0)).item()
+    expected = 0.75 * (1 - p) ** 2 * -math.log(p) + 0.25 * (1 - p) ** 2 * -math.log(p)   # both right
+    assert sigmoid_focal_loss(x, torch.tensor([[2]])).item() == pytest.approx(expected, rel=1e-5)
+    masked = sigmoid_focal_loss(torch.zeros(1, 2, 2), torch.tensor([[1, 0]]), mask=torch.tensor([[True, False]]))
+    assert masked.item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_iou_and_total_loss_known_values() -> None:
+    assert interval_iou(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 3.0])).item() == pytest.approx(0.5)
+    logits = torch.zeros(1, 2, 2)
+    labels = torch.tensor([[2, 0]])                      # one micro positive, one background point
+    targets = torch.tensor([[[1.0, 3.0], [0.0, 0.0]]])
+    dists = torch.tensor([[[1.0, 1.0], [5.0, 5.0]]])
+    out = iaenet_loss(logits, dists, labels, targets, reg_weight=0.05)
+    focal = (0.25 + 3 * 0.75) * 0.25 * LOG2              # 1 positive + 3 negative class slots at p=0.5
+    assert out["cls"].item() == pytest.approx(focal / (1 + 1), rel=1e-6)     # / (positives + batch)
+    assert out["reg"].item() == pytest.approx(4 * 0.5, rel=1e-6)             # micro weight 4 * (1 - IoU)
+    assert out["loss"].item() == pytest.approx(focal / 2 + 0.05 * 2.0, rel=1e-6)
+    two = iaenet_loss(torch.zeros(2, 2, 2), dists.repeat(2, 1, 1), torch.tensor([[2, 0], [0, 0]]),
+                      targets.repeat(2, 1, 1))
+    assert two["cls"].item() == pytest.approx((0.25 + 7 * 0.75) * 0.25 * LOG2 / (1 + 2), rel=1e-6)
+    macro = iaenet_loss(logits, dists, torch.tensor([[1, 0]]), targets, reg_weight=0.5)
+    assert macro["reg"].item() == pytest.approx(0.5, rel=1e-6)
+    none = iaenet_loss(logits, dists, torch.zeros(1, 2, dtype=torch.long), targets)
+    assert none["reg"].item() == 0 and none["cls"].item() == pytest.approx(4 * 0.75 * 0.25 * LOG2 / 1, rel=1e-6)
+
+
+def _toy_set(d: int = 16, seed: int = 0):
+    """One 512-frame video whose features mark two macro and one micro interval."""
+    rng = np.random.default_rng(seed)
+    n = 252                                            # feature steps (frames 0..511)
+    feats = rng.normal(0, 0.1, (n, d)).astype(np.float32)
+    ann = pd.DataFrame({"video": "v", "subject": "s1", "onset": [100, 300, 400], "offset": [140, 312, 450],
+                        "type": ["macro", "micro", "macro"]})
+    for on, off, t in zip(ann.onset, ann.offset, ann.type):
+        feats[on // 2:off // 2 + 1, 0 if t == "macro" else 1] += 2.0
+        feats[on // 2:on // 2 + 2, 2] += 2.0           # onset and offset cues
+        feats[off // 2 - 1:off // 2 + 1, 3] += 2.0
+    return {"v": feats}, ann
+
+
+def _best_iou(pred: pd.DataFrame, on: int, off: int, kind: str) -> float:
+    p = pred[pred.type == kind]
+    inter = np.clip(np.minimum(p.offset, off) - np.maximum(p.onset, on) + 1, 0, None)
+    union = np.maximum(p.offset, off) - np.minimum(p.onset, on) + 1
+    return float((inter / union).iloc[:2].max())      # among the two best of the class
+
+
+def test_tiny_model_overfits_and_checkpoint_round_trip(tmp_path, one_thread) -> None:
+    preset = tiny_preset()
+    preset["train"].update(lr=1e-3, epochs=150, warmup_epochs=0)
+    cfg = TrainConfig.from_preset(preset, {"predict_from_epoch": 150})
+    feats, ann = _toy_set()
+    prep = prepare(feats, ann, {"v": "s1"}, preset)
+    model, preds, hist = train_model(prep, np.arange(len(prep.train)), preset, cfg, seed=1,
+                                     test_idx=np.arange(len(prep.test)))
+    first, last = hist[0]["loss"], hist[-1]["loss"]
+    assert last < first / 10, (first, last)
+    assert set(preds.epoch) == {150}
+    assert _best_iou(preds, 100, 140, "macro") >= 0.5
+    assert _best_iou(preds, 400, 450, "macro") >= 0.5
+    assert _best_iou(preds, 300, 312, "micro") >= 0.5
+    # checkpoint round trip: same predictions from the reloaded model
+    path = tmp_path / "fold" / "model.pt"
+    save_checkpoint(path, model, preset, {"train": {"seed": 0}}, {"backbone": "toy"})
+    loaded, blob = load_checkpoint(path)
+    assert blob["provenance"]["backbone"] == "toy" and blob["in_dim"] == 16
+    a = predict_video(model, feats["v"], preset, video="v")
+    b = predict_video(loaded, feats["v"], preset, video="v")
+    pd.testing.assert_frame_equal(a, b)
+    assert a[["onset", "offset"]].values.tolist() == preds[preds.epoch == 150][["onset", "offset"]].values.tolist()
+
+
+def test_load_checkpoint_refuses_bad_files(tmp_path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(InputError, match="not a readable"):
+        load_checkpoint(tmp_path / "junk.pt")
+    model = build_model(tiny_preset(), 16)
+    save_checkpoint(tmp_path / "m.pt", model, tiny_preset(), {}, {})
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    blob["in_dim"] = 8
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="do not match"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def _bf16_vs_fp32(model: torch.nn.Module, x: torch.Tensor, device: str) -> tuple[float, float]:
+    model = model.to(device).eval()
+    x = x.to(device)
+    with torch.no_grad():
+        l32, d32 = model(x)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            l16, d16 = model(x)
+    err_l = ((l16.float() - l32).abs().max() / l32.abs().max()).item()
+    err_d = ((d16.float() - d32).abs().max() / d32.abs().max().clamp(min=1e-6)).item()
+    return err_l, err_d
+
+
+# Tolerance of bf16 autocast against fp32 (outputs, relative to their largest magnitude): 5 %.
+BF16_TOL = 0.05
+
+
+def test_bf16_autocast_close_to_fp32_cpu() -> None:
+    torch.manual_seed(0)
+    err_l, err_d = _bf16_vs_fp32(build_model(tiny_preset(), 64), torch.randn(4, 64, 64), "cpu")
+    assert err_l < BF16_TOL and err_d < BF16_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_close_to_fp32_gpu() -> None:
+    torch.manual_seed(0)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for name in ("iaenet_casme2", "iaenet_samm"):
+            model = build_model(load_model_preset(name), 2048)
+            err_l, err_d = _bf16_vs_fp32(model, torch.randn(64, 64, 2048), "cuda")
+            assert err_l < BF16_TOL and err_d < BF16_TOL, (name, err_l, err_d)
+        # training in bf16 still overfits the toy set
+        preset = tiny_preset()
+        preset["train"].update(lr=1e-3, epochs=150, warmup_epochs=0)
+        cfg = TrainConfig.from_preset(preset, {"precision": "bf16"})
+        feats, ann = _toy_set()
+        prep = prepare(feats, ann, {"v": "s1"}, preset, device="cuda")
+        _, _, hist = train_model(prep, np.arange(len(prep.train)), preset, cfg, seed=1)
+        assert hist[-1]["loss"] < hist[0]["loss"] / 10
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
