@@ -84,13 +84,6 @@ def stage_params(params: Mapping[str, Any], stage: str, dataset: Mapping[str, An
     return dict(section)
 
 
-def check_keys(section: Mapping[str, Any], known: "set[str] | list[str]", where: str) -> None:
-    """Refuse keys of a params section that no code reads (a typo would otherwise be ignored)."""
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}. Known keys: {', '.join(sorted(known))}.")
-
-
 def digest(obj: Any) -> str:
     """A stable SHA-256 hex digest of a JSON-serialisable object (key order does not matter)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()

@@ -17,8 +17,9 @@ Every stage (and ``m2es spot``) declares its section as a frozen dataclass deriv
 * a key no field declares is refused with its key path, the closest known key ("did you
   mean ...?") and every allowed name;
 * each value is converted to the field's type (``int`` refuses 2.5 and ``true``, ``bool``
-  takes only true/false, ``X | None`` takes null) and checked against the knob's
-  ``choices`` and ``min``/``max``;
+  takes only true/false, ``str`` refuses true/false (YAML's ``yes``/``off``), ``X | None``
+  takes null) and checked against the knob's ``choices`` (null always passes an optional
+  field) and ``min``/``max``;
 * :meth:`Section.check` then runs the checks that involve several keys.
 
 A key whose YAML name is not a Python name (``lambda``) sets ``key=``. A section read by two
@@ -28,7 +29,10 @@ as ``others`` so that each accepts the other's keys.
 
 from __future__ import annotations
 
+import collections.abc
+import copy
 import difflib
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -48,8 +52,8 @@ def knob(default: Any, *, choices: Sequence[Any] | None = None, min: float | Non
     meta = {_META: {"choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
                     "key": key}}
     if isinstance(default, (list, dict, set)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata=meta)
+        value = copy.deepcopy(default)
+        return field(default_factory=lambda: copy.deepcopy(value), metadata=meta)  # nested values not shared
     return field(default=default, metadata=meta)
 
 
@@ -62,7 +66,7 @@ def close_match(key: str, known: Iterable[str]) -> str | None:
 def reject_unknown(section: Mapping[str, Any], known: Iterable[str], where: str) -> None:
     """Refuse keys that no code reads (a typo would otherwise be ignored), naming the closest known key."""
     known = sorted(set(known))
-    unknown = sorted(set(section) - set(known))
+    unknown = sorted(set(map(str, section)) - set(known))  # YAML allows non-string keys (1: x, true: y)
     if not unknown:
         return
     hints = []
@@ -98,28 +102,48 @@ def convert(value: Any, tp: Any, path: str) -> Any:
                 raise ValueError("expected true or false")
             return value
         if base is int:
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError("expected an integer")
-            return int(float(value))
+            return _to_int(value)
         if base is float:
-            if isinstance(value, bool):
+            if isinstance(value, (bool, Mapping, list, tuple)):
                 raise ValueError("expected a number")
             return float(value)
         if base is str:
-            if isinstance(value, (Mapping, list, tuple)):
+            if isinstance(value, (bool, Mapping, list, tuple)):  # `yes`/`off` in YAML are booleans, not text
                 raise ValueError("expected a string")
             return str(value)
-        if origin in (list, tuple, Sequence):
+        if origin in (list, tuple, collections.abc.Sequence):
             if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
                 raise ValueError("expected a list")
             return origin(value) if origin in (list, tuple) else list(value)
-        if origin in (dict, Mapping):
+        if origin in (dict, collections.abc.Mapping):
             if not isinstance(value, Mapping):
                 raise ValueError("expected a mapping")
             return dict(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{path} = {value!r} is invalid ({exc}).") from None
     return value
+
+
+def _to_int(value: Any) -> int:
+    """``value`` as an int: an int, a whole float (3.0) or a numeric string; never a bool, 2.5, inf or nan."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value  # exact, also beyond 2**53
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    number = float(value)
+    if not math.isfinite(number) or not number.is_integer():
+        raise ValueError("expected an integer")
+    return int(number)
+
+
+def _in_choices(value: Any, choices: Sequence[Any]) -> bool:
+    """Whether ``value`` is one of ``choices``; true/false never stand for 1/0."""
+    return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
 
 
 @dataclass(frozen=True)
@@ -147,6 +171,8 @@ class Section:
                     others: Iterable[type["Section"]] = ()) -> S:
         """Validate ``section`` and build the declaration (missing keys take their defaults)."""
         where = where or f"params.yaml: {cls.SECTION}"
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"{where} must be a mapping of keys to values, got {type(section).__name__}.")
         section = dict(section or {})
         keys = cls.keys()
         reject_unknown(section, set(keys).union(*(o.keys() for o in others)), where)
@@ -159,7 +185,7 @@ class Section:
             path = f"{where}.{key}"
             value = convert(section[key], hints[name], path)
             meta = by_name[name].metadata.get(_META) or {}
-            if meta.get("choices") is not None and value not in meta["choices"]:
+            if meta.get("choices") is not None and value is not None and not _in_choices(value, meta["choices"]):
                 raise ConfigError(f"{path} = {value!r} is not one of {', '.join(map(str, meta['choices']))}.")
             if value is not None and not isinstance(value, (str, bool)) and isinstance(value, (int, float)):
                 if meta.get("min") is not None and value < meta["min"]:

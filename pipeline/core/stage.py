@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline.errors import M2esError
 from pipeline.core.params import PRESET_DIR, load_dataset, load_params, stage_params
 from pipeline.core.paths import DataPaths
-from pipeline.core.runner import ParallelConfig
+from pipeline.core.runner import ParallelParams
+from pipeline.errors import M2esError
 
 log = logging.getLogger("m2es")
 
@@ -33,7 +33,7 @@ class StageContext:
     dataset: dict[str, Any]
     params: dict[str, Any]
     paths: DataPaths
-    parallel: ParallelConfig
+    parallel: ParallelParams
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -57,7 +57,7 @@ def make_context(
     """Build the context of ``stage`` for ``dataset`` from params and the dataset preset."""
     params = load_params(params_path)
     preset = load_dataset(dataset, preset_dir)
-    par = ParallelConfig.from_params(stage_params(params, "parallel", preset) if "parallel" in params else {},
+    par = ParallelParams.from_params(stage_params(params, "parallel", preset) if "parallel" in params else {},
                                      fail_fast=fail_fast or None)
     # absolute: tasks sent to workers in another directory (a dask cluster) must write into this project
     return StageContext(stage=stage, dataset=preset, params=params,
