@@ -151,3 +151,55 @@ def read_ground_truth(path: str | Path, videos: pd.DataFrame) -> pd.DataFrame:
     _numeric(df, path, ["onset", "offset"], integer=True)
     _check_intervals(df, path, videos)
     return df.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ faces and flow, checked without reading pixels
+
+def _complete_digest(path: Path, video: str, stage: str) -> str:
+    """The ``m2es_digest`` of a per-video file written by ``stage``, or an InputError (missing, incomplete)."""
+    from pipeline.io.h5io import file_digest  # here: this section was appended to the module
+
+    if not path.is_file():
+        raise InputError(f"{path}: {stage} output for video '{video}' not found. Run `dvc repro {stage}` "
+                         "(or the crop/flow stages) for this dataset first.")
+    found = file_digest(path)
+    if found is None:
+        raise InputError(f"{path}: incomplete or unreadable {stage} output for video '{video}'. "
+                         f"Delete it and rerun the {stage} stage.")
+    return found
+
+
+def check_faces(path: str | Path, video: str) -> tuple[tuple[int, int, int, int], str]:
+    """Shape [T, H, W, C] and ``m2es_digest`` of a complete faces file, without reading the pixels.
+
+    Raises :class:`InputError` naming the file and the fix when it is missing, incomplete,
+    lacks ``frames``, or ``frames`` is not uint8 [T, H, W, C] with C 3 (RGB) or 1 (grayscale).
+    """
+    path = Path(path)
+    found = _complete_digest(path, video, "crop")
+    with h5py.File(path, "r") as f:
+        if "frames" not in f:
+            raise InputError(f"{path}: no 'frames' dataset for video '{video}'. Rerun the crop stage.")
+        shape, dtype = f["frames"].shape, f["frames"].dtype
+    if len(shape) != 4 or shape[3] not in (1, 3) or dtype != np.uint8:
+        raise InputError(f"{path}: 'frames' of video '{video}' is {dtype} {tuple(shape)}; expected uint8 "
+                         "[T, H, W, C] with C 3 (RGB) or 1 (grayscale). Rerun the crop stage.")
+    return tuple(int(v) for v in shape), found  # type: ignore[return-value]
+
+
+def check_flow(path: str | Path, video: str) -> tuple[tuple[int, int, int, int], str]:
+    """Shape [T-1, H, W, 2] and ``m2es_digest`` of a complete flow file, without reading the fields.
+
+    Raises :class:`InputError` naming the file and the fix when it is missing, incomplete,
+    lacks ``flow``, or ``flow`` is not [T-1, H, W, 2].
+    """
+    path = Path(path)
+    found = _complete_digest(path, video, "flow")
+    with h5py.File(path, "r") as f:
+        if "flow" not in f:
+            raise InputError(f"{path}: no 'flow' dataset for video '{video}'. Rerun the flow stage.")
+        shape = f["flow"].shape
+    if len(shape) != 4 or shape[3] != 2:
+        raise InputError(f"{path}: 'flow' of video '{video}' has shape {tuple(shape)}; expected "
+                         "[T-1, H, W, 2]. Rerun the flow stage.")
+    return tuple(int(v) for v in shape), found  # type: ignore[return-value]

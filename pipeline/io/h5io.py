@@ -19,7 +19,6 @@ import errno
 import json
 import logging
 import os
-import uuid
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -30,13 +29,14 @@ import hdf5plugin  # noqa: F401  (registers the Blosc, LZ4, Zstd... filters with
 import numpy as np
 
 from pipeline.errors import M2esError
+from pipeline.io.atomic import PARTIAL_SUFFIX, partial_path
 
 log = logging.getLogger(__name__)
 
 DIGEST_ATTR = "m2es_digest"
 PARAMS_ATTR = "m2es_params"
 COMPLETE_ATTR = "m2es_complete"
-TMP_SUFFIX = ".partial"
+TMP_SUFFIX = PARTIAL_SUFFIX  # temporary names come from pipeline.io.atomic.partial_path
 
 
 def _attr_value(value: Any) -> Any:
@@ -85,7 +85,7 @@ def atomic_h5(path: str | Path, digest: str, params: Mapping[str, Any] | None = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    tmp = partial_path(path)
     f = h5py.File(tmp, "w")
     try:
         yield f

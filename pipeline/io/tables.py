@@ -12,13 +12,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_path
 
 VIDEO_COLUMNS = ["video", "subject", "fps", "n_frames", "source", "kind", "color"]
 ANNOTATION_COLUMNS = ["video", "subject", "onset", "apex", "offset", "type",
@@ -30,16 +29,9 @@ _DTYPES = {"video": str, "subject": str, "source": str, "kind": str, "type": str
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a CSV atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
+    """Write a CSV atomically (:func:`pipeline.io.atomic.atomic_path`: temporary name, then rename)."""
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.io.h5io import (COMPLETE_ATTR, DIGEST_ATTR, EarlyWriteback, atomic_h5, file_digest, is_complete,
-                           read_attr_json, remove_partials, remove_stale, write_attrs)
 from pipeline.core.runner import VideoTask, pending
+from pipeline.io.h5io import (COMPLETE_ATTR, DIGEST_ATTR, EarlyWriteback, atomic_h5, file_digest, is_complete,
+                              read_attr_json, remove_partials, remove_stale, write_attrs)
 
 
 def test_complete_file_round_trip(tmp_path):
