@@ -1,4 +1,5 @@
-"""Stage crop on rendered face videos: boxes, motion, tracking, grayscale, resume, bad input."""
+"""Stage crop on rendered face videos: params checked first, digests, boxes, motion, tracking, grayscale,
+resume, bad input (the cropping package's parts: tests/cropping/)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,19 @@ import pytest
 import yaml
 from skimage import data
 
-from pipeline.crop import CropParams, build_tasks, crop_frame, crop_video, main as crop_main, resize_filter
-from pipeline.errors import ConfigError, StageFailed
+import pipeline.crop as crop_stage
+from pipeline.core.paths import DataPaths
+from pipeline.core.runner import ParallelParams, map_videos
+from pipeline.core.stage import StageContext
+from pipeline.crop import build_tasks, main as crop_main
 from pipeline.cropping.finder import BROWS, CHIN, JAW, FaceFinder
-from pipeline.io.h5io import read_attr_json
+from pipeline.cropping.params import CropParams
+from pipeline.cropping.video import crop_video
+from pipeline.errors import ConfigError, StageFailed
 from pipeline.io.decode import region_decoder_agrees
-from pipeline.core.runner import ParallelConfig, map_videos
+from pipeline.io.h5io import read_attr_json
 
-SEQ = ParallelConfig(backend="sequential")
+SEQ = ParallelParams(backend="sequential")
 BASE = {"size": 112, "search_frames": 5, "threads": 2, "batch": 8}
 
 
@@ -190,15 +196,6 @@ def test_compressions_store_the_same_frames(tmp_path: Path) -> None:
     assert sizes["blosc-zstd"] < sizes["blosc-lz4"] < sizes["none"], sizes
 
 
-def test_compression_params_are_checked() -> None:
-    assert CropParams.from_section({"compression_level": None}).compression_level is None
-    assert CropParams.from_section({"compression": "blosc-zstd", "compression_level": 4}).compression_level == 4
-    with pytest.raises(ConfigError, match="compression = 'zip' is not one of blosc-lz4, blosc-zstd, lzf, gzip"):
-        CropParams.from_section({"compression": "zip"})
-    with pytest.raises(ConfigError, match="compression_level must be 0..9, got 12"):
-        CropParams.from_section({"compression_level": 12})
-
-
 def test_track_mode_on_a_static_head_keeps_one_box(tmp_path: Path) -> None:
     paths = write_frames(tmp_path / "raw" / "s", [render(noise=3, seed=i) for i in range(25)])
     run_crop(tmp_path / "faces", {"s": {"paths": paths}}, mode="track", track_every=5)
@@ -332,36 +329,6 @@ def test_repeat_mode_repeats_and_records_bad_frames(tmp_path: Path, bad: list[in
                  search_frames=17)
 
 
-def test_auto_resize_filter_is_bilinear_below_2x_and_area_from_2x() -> None:
-    assert resize_filter(447, 224, "auto") == cv2.INTER_LINEAR
-    assert resize_filter(448, 224, "auto") == cv2.INTER_AREA
-    assert resize_filter(200, 224, "auto") == cv2.INTER_LINEAR
-    assert resize_filter(300, 224, "area") == cv2.INTER_AREA and resize_filter(200, 224, "area") == cv2.INTER_LINEAR
-    assert CropParams().interpolation == "auto"
-    # the auto crop of a 320-px box is the bilinear one, not the area one
-    frame = render(noise=3)
-    box = np.array([150, 80, 470, 400])
-    auto = crop_frame(frame, box, 224, interpolation="auto")
-    assert np.array_equal(auto, crop_frame(frame, box, 224, interpolation="linear"))
-    assert not np.array_equal(auto, crop_frame(frame, box, 224, interpolation="area"))
-
-
-@pytest.mark.parametrize("color", [True, False])
-def test_crop_into_a_chunk_buffer_equals_a_new_crop(color: bool) -> None:
-    frame = render(noise=3)
-    frame = frame if color else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    channels = 3 if color else 1
-    for box in ([150, 80, 470, 400], [-40, -30, 200, 210], [10, 10, 234, 234], [500, 300, 700, 500]):
-        expected = crop_frame(frame, np.array(box), 224)
-        chunk = np.zeros((3, 224, 224, channels), np.uint8)
-        got = crop_frame(frame, np.array(box), 224, out=chunk[1])
-        assert np.shares_memory(got, chunk)
-        assert np.array_equal(chunk[1], expected), box
-        assert not chunk[0].any() and not chunk[2].any()  # nothing written beside the target frame
-    with pytest.raises(ValueError, match="out must be"):
-        crop_frame(frame, np.array([150, 80, 470, 400]), 224, out=np.zeros((224, 224, 4 - channels), np.uint8))
-
-
 def test_no_face_names_video_and_frames_tried(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     paths = write_frames(tmp_path / "raw" / "empty", [rng.integers(0, 255, (240, 320, 3), np.uint8)
@@ -427,18 +394,6 @@ def test_short_video_warns_but_is_written(tmp_path: Path) -> None:
         assert f["frames"].shape[0] == 5 and bool(f.attrs["short"])
 
 
-def test_params_are_validated() -> None:
-    assert CropParams.from_section({"size": 112}).size == 112
-    with pytest.raises(ConfigError, match="unknown key.*sise"):
-        CropParams.from_section({"sise": 1})
-    with pytest.raises(ConfigError, match="crop.mode = 'wobble'"):
-        CropParams.from_section({"mode": "wobble"})
-    with pytest.raises(ConfigError, match="crop.size"):
-        CropParams.from_section({"size": 0})
-    with pytest.raises(ConfigError, match="crop.size = 'big'"):
-        CropParams.from_section({"size": "big"})
-
-
 def test_stage_entry_point_crops_good_videos_and_reports_bad(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     repo = Path(__file__).resolve().parents[2]
@@ -460,3 +415,45 @@ def test_stage_entry_point_crops_good_videos_and_reports_bad(tmp_path: Path, mon
     with h5py.File("data/d/faces/good.h5") as f:
         assert f["frames"].shape == (10, 96, 96, 3)
     assert not Path("data/d/faces/bad.h5").exists()
+
+
+def test_unknown_key_is_refused_before_any_input_is_read(tmp_path: Path, monkeypatch) -> None:
+    def must_not_read(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an input was read before the params were checked")
+
+    for name in ("read_videos", "read_frames", "remove_partials", "remove_stale"):
+        monkeypatch.setattr(crop_stage, name, must_not_read)
+    ctx = StageContext(stage="crop", dataset={"name": "d"}, params={"crop": {"sise": 96}},
+                       paths=DataPaths("d", tmp_path / "data"), parallel=SEQ)
+    with pytest.raises(ConfigError, match=r"params.yaml: crop.sise \(did you mean size\?\)"):
+        crop_stage.run(ctx)
+    assert not (tmp_path / "data").exists()
+
+
+def test_stage_entry_point_names_the_unknown_key(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # no resample tables here: the params must fail first
+    Path("params.yaml").write_text(yaml.safe_dump({"crop": {"sise": 96}, "parallel": {"backend": "sequential"}}))
+    preset = Path("configs/datasets/d.yaml")
+    preset.parent.mkdir(parents=True)
+    preset.write_text(yaml.safe_dump({"layout": "generic", "root": "data/raw/d"}))
+    assert crop_main(["--dataset", "d"]) == 2
+    err = capsys.readouterr().err
+    assert "crop.sise (did you mean size?)" in err and "videos.csv" not in err
+
+
+def test_digest_is_unchanged_and_params_object_or_section_give_the_same_tasks() -> None:
+    """The digest of a fixed table under the default params (computed before the crop stage was split:
+    a change here would make every complete faces file stale)."""
+    vdf = pd.DataFrame([{"video": "v", "subject": "07", "fps": 30.0, "n_frames": 2, "source": "data/raw/d/v",
+                         "kind": "frames", "color": 1, "source_fps": 30.0}])
+    fdf = pd.DataFrame([{"video": "v", "frame": i, "source_frame": i + 1, "path": f"data/raw/d/v/img_{i + 1}.jpg"}
+                        for i in range(2)])
+    (task,) = build_tasks(vdf, fdf, Path("out"), {})
+    assert task.digest == "b20ad9a8a885f96b7c1812f188f703ee83534814507aa1a81a8f1d4599fda158"
+    section = {"size": 112, "mode": "track", "region_decode": False, "compression_level": 3}
+    (a,) = build_tasks(vdf, fdf, Path("out"), section)
+    (b,) = build_tasks(vdf, fdf, Path("out"), CropParams.from_params(section))
+    assert a.digest == b.digest == "5d2a4c1633a6babca2fbc48ccb6a2112b603e1ceb2b6d0db5b6b7b036d321b94"
+    assert a.payload == b.payload
+    with pytest.raises(ConfigError, match="did you mean size"):
+        build_tasks(vdf, fdf, Path("out"), {"sise": 1})

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from skimage import data
 
+from pipeline.cropping.finder import (BROWS, CHIN, JAW, SHAPE_PREDICTOR, FaceFinder, box_motion, face_box,
+                                      model_path, models_dir, outside_fraction, plan_track_boxes, round_box)
 from pipeline.errors import ConfigError
-from pipeline.cropping.finder import (BROWS, CHIN, JAW, SHAPE_PREDICTOR, FaceFinder, box_motion, face_box, model_path,
-                            models_dir, outside_fraction, plan_track_boxes, round_box)
 
 
 def _canvas(dx: int = 0, dy: int = 0, shape: tuple[int, int] = (480, 640), scale: float = 1.0) -> np.ndarray:
