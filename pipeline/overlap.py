@@ -34,6 +34,8 @@ from pipeline.io.h5io import file_digest, remove_partials
 from pipeline.core.runner import TaskFeed, VideoTask
 from pipeline.core.stage import EXIT_USER_ERROR, StageContext, make_context, setup_logging, stage_parser
 from pipeline.io.tables import read_frames, read_videos
+from pipeline.tvl1.backend import FlowPlan
+from pipeline.tvl1.batch import run_torch
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +71,17 @@ def follow_faces(faces_dir: Path, expected: Mapping[str, str], producer: subproc
         time.sleep(poll_s)
 
 
-def flow_feed(ctx: StageContext, plan: flow.FlowPlan, faces: Iterator[Path]) -> Iterator[VideoTask]:
-    """The flow tasks of the faces files as they come, without those already complete."""
+def flow_feed(ctx: StageContext, plan: FlowPlan, faces: Iterator[Path]) -> Iterator[VideoTask]:
+    """The flow tasks of the faces files as they come (:func:`run_torch` skips those already complete)."""
     for path in faces:
         task = flow.build_task(ctx, plan, path)
-        if task is not None and not task.is_done():
+        if task is not None:
             yield task
 
 
 def run(ctx: StageContext, crop_command: Sequence[str], poll_s: float = 0.2) -> dict[str, int]:
     """Run the crop command and the flow of its files at once; returns {video: pairs} of the flow written."""
-    plan = flow.FlowPlan.from_section(ctx.section("flow"))
+    plan = FlowPlan.from_section(ctx.section("flow"))
     if plan.impl != "torch":
         raise ConfigError(f"overlap: flow.impl resolves to '{plan.impl}' on this machine; overlapping crop "
                           "and flow needs the batched torch solver (flow.impl: torch, or auto on a GPU). "
@@ -91,7 +93,7 @@ def run(ctx: StageContext, crop_command: Sequence[str], poll_s: float = 0.2) -> 
     producer = subprocess.Popen(list(crop_command))
     try:
         feed = TaskFeed(source=flow_feed(ctx, plan, follow_faces(ctx.paths.faces, expected, producer, poll_s)))
-        written = flow.run_torch(feed, plan.tvl1, plan.cfg, plan.ident, plan.section,
+        written = run_torch(feed, plan.tvl1, plan.cfg, plan.ident, plan.section,
                                  fail_fast=ctx.parallel.fail_fast)
     except BaseException:
         producer.terminate()

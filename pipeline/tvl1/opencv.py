@@ -1,100 +1,29 @@
-"""Dual TV-L1 optical flow through OpenCV (the reference implementation) and its parameters.
+"""Dual TV-L1 optical flow through OpenCV: the reference implementation, and the flow stage's
+``opencv`` backend (:func:`opencv_video`, one video per worker process).
 
-:class:`TVL1Params` is the one description of the algorithm's parameters shared by
-both implementations (``opencv`` here, ``torch`` in :mod:`pipeline.tvl1.solver`); its
-defaults are OpenCV's (``cv2.optflow.DualTVL1OpticalFlow_create()``).
+The algorithm's parameters are :class:`pipeline.tvl1.params.TVL1Params`, shared with the
+``torch`` backend (:mod:`pipeline.tvl1.solver`) and re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from pipeline.core.runner import VideoTask
 from pipeline.errors import ConfigError, InputError
+from pipeline.io.artifacts import read_faces
+from pipeline.tvl1.params import PARAM_KEYS, FlowParams, TVL1Params
+from pipeline.tvl1.writer import to_float16, write_flow
+
+__all__ = ["PARAM_KEYS", "TVL1Params", "check_pair", "create_opencv_tvl1", "opencv_flow_pair", "opencv_flow_video",
+           "opencv_remap_subpixel", "opencv_video", "to_gray"]
 
 log = logging.getLogger(__name__)
-
-#: params.yaml key -> TVL1Params field (``lambda`` is a Python keyword)
-PARAM_KEYS = {
-    "tau": "tau", "lambda": "lambda_", "theta": "theta", "nscales": "nscales", "warps": "warps",
-    "epsilon": "epsilon", "inner_iterations": "inner_iterations", "outer_iterations": "outer_iterations",
-    "scale_step": "scale_step", "gamma": "gamma", "median_filtering": "median_filtering",
-    "use_initial_flow": "use_initial_flow",
-}
-
-
-@dataclass(frozen=True)
-class TVL1Params:
-    """Every parameter of OpenCV's ``DualTVL1OpticalFlow`` (defaults = OpenCV's)."""
-
-    tau: float = 0.25
-    lambda_: float = 0.15
-    theta: float = 0.3
-    nscales: int = 5
-    warps: int = 5
-    epsilon: float = 0.01
-    inner_iterations: int = 30
-    outer_iterations: int = 10
-    scale_step: float = 0.8
-    gamma: float = 0.0
-    median_filtering: int = 5
-    use_initial_flow: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.tau > 0, "tau must be > 0 (OpenCV default 0.25)"),
-            (self.lambda_ > 0, "lambda must be > 0 (OpenCV default 0.15)"),
-            (self.theta > 0, "theta must be > 0 (OpenCV default 0.3)"),
-            (self.nscales >= 1, "nscales must be >= 1 (OpenCV default 5)"),
-            (self.warps >= 1, "warps must be >= 1 (OpenCV default 5)"),
-            (self.epsilon >= 0, "epsilon must be >= 0 (OpenCV default 0.01)"),
-            (self.inner_iterations >= 1, "inner_iterations must be >= 1 (OpenCV default 30)"),
-            (self.outer_iterations >= 1, "outer_iterations must be >= 1 (OpenCV default 10)"),
-            (0 < self.scale_step < 1, "scale_step must be in (0, 1) (OpenCV default 0.8)"),
-            (self.gamma >= 0, "gamma must be >= 0 (OpenCV default 0)"),
-            (self.median_filtering in (0, 1, 3, 5), "median_filtering must be 0/1 (off), 3 or 5 "
-             "(cv::medianBlur on float images supports 3 and 5; OpenCV default 5)"),
-            (not self.use_initial_flow, "use_initial_flow must be false: the flow stage computes every "
-             "pair from zero flow, as the published recipe does"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"params.yaml: flow: {message}.")
-
-    @classmethod
-    def from_section(cls, section: Mapping[str, Any]) -> "TVL1Params":
-        """Build from the ``flow`` params section (keys of :data:`PARAM_KEYS`; others ignored)."""
-        kwargs: dict[str, Any] = {}
-        types = {f: type(getattr(cls(), f)) for f in PARAM_KEYS.values()}
-        for key, field in PARAM_KEYS.items():
-            if key in section and section[key] is not None:
-                try:
-                    kwargs[field] = types[field](section[key])
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"params.yaml: flow.{key} = {section[key]!r} is not a "
-                                      f"{types[field].__name__}.") from exc
-        return cls(**kwargs)
-
-    def iteration_constants(self) -> tuple[float, float, float, float]:
-        """``(l_t, theta, taut, gamma)`` rounded to float32, as OpenCV's iteration uses them.
-
-        ``l_t = lambda * theta`` and ``taut = tau / theta`` are computed in double and cast.
-        """
-        return (float(np.float32(self.lambda_ * self.theta)), float(np.float32(self.theta)),
-                float(np.float32(self.tau / self.theta)), float(np.float32(self.gamma)))
-
-    def scaled_epsilon(self, pixels: int) -> float:
-        """OpenCV's stopping threshold ``epsilon^2 * pixels`` for a level of ``pixels``, as float32."""
-        return float(np.float32(self.epsilon ** 2 * pixels))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The parameters under their params.yaml names (for HDF5 attrs and digests)."""
-        d = asdict(self)
-        return {key: d[field] for key, field in PARAM_KEYS.items()}
 
 
 def to_gray(frames: np.ndarray, channel_order: str = "rgb", source: str = "frames") -> np.ndarray:
@@ -198,3 +127,19 @@ def opencv_remap_subpixel() -> int:
     mode = 0 if abs(got - exact) < abs(got - quantised) else 32
     log.debug("OpenCV %s remap INTER_CUBIC positions: %s", cv2.__version__, "exact" if mode == 0 else "1/32 pixel")
     return mode
+
+
+def opencv_video(task: VideoTask) -> int:
+    """The flow stage's per-video function for ``opencv`` (runs in a worker process): reads the faces
+    file ``payload["faces"]``, solves every pair on one thread and writes the flow file; returns the pair count."""
+    cv2.setNumThreads(1)
+    pl = task.payload
+    tvl1 = TVL1Params.from_params(pl["section"], others=(FlowParams,))
+    frames = read_faces(Path(pl["faces"]), task.video)
+    gray = to_gray(frames, pl["channel_order"], f"{pl['faces']} (video {task.video})")
+    algo = create_opencv_tvl1(tvl1)
+    flow = np.empty((len(gray) - 1, *gray.shape[1:], 2), dtype=np.float16)
+    for t in range(len(gray) - 1):
+        flow[t] = to_float16(algo.calc(gray[t], gray[t + 1], None), task.video)
+    write_flow(task, flow, pl["attrs"], pl["section"], pl["compression"])
+    return len(flow)

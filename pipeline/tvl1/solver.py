@@ -36,7 +36,7 @@ import torch
 from pipeline.tvl1 import kernels as K
 from pipeline.tvl1 import triton_solver as TT
 from pipeline.errors import InputError
-from pipeline.tvl1.opencv import TVL1Params
+from pipeline.tvl1.params import TVL1Params
 
 log = logging.getLogger(__name__)
 

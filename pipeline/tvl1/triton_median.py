@@ -2,7 +2,7 @@
 
 The compare-exchange lines below are :func:`pipeline.tvl1.kernels.median_network` (Batcher's
 odd-even merge sort pruned to the median, 24 / 113 comparators) written out, because a
-Triton kernel needs its source text; ``tests/test_tvl1_triton.py`` checks them against
+Triton kernel needs its source text; ``tests/tvl1/test_tvl1_triton.py`` checks them against
 :func:`pipeline.tvl1.kernels.median_blur` and that the lines match the network.
 """
 

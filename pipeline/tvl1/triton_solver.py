@@ -42,7 +42,7 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it
 except ImportError:  # pragma: no cover - depends on the install
     HAVE_TRITON = False
 
-from pipeline.tvl1.opencv import TVL1Params
+from pipeline.tvl1.params import TVL1Params
 
 
 def interpreting() -> bool:

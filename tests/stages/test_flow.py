@@ -15,9 +15,12 @@ from pipeline.errors import ConfigError, InputError, StageFailed
 from pipeline.synthetic.flow_truth import endpoint_error, warped_pair
 from pipeline.io.h5io import atomic_h5, file_digest
 from pipeline.core.paths import DataPaths
-from pipeline.core.runner import ParallelConfig
+from pipeline.core.runner import ParallelParams
 from pipeline.core.stage import StageContext
-from pipeline.tvl1.opencv import TVL1Params, opencv_flow_pair, to_gray
+from pipeline.tvl1.backend import resolve_impl
+from pipeline.tvl1.opencv import opencv_flow_pair, to_gray
+from pipeline.tvl1.params import TVL1Params
+from pipeline.tvl1.writer import to_float16
 
 SMALL = dict(nscales=3, warps=2, outer_iterations=2, inner_iterations=15)
 
@@ -45,7 +48,7 @@ def _ctx(root: Path, **flow) -> StageContext:
                    check_every=5, remap_subpixel="auto", compression="lzf", channel_order="rgb")
     section.update(flow)
     return StageContext(stage="flow", dataset={"name": "toy", "overrides": {}}, params={"flow": section},
-                        paths=DataPaths("toy", root), parallel=ParallelConfig(backend="sequential"))
+                        paths=DataPaths("toy", root), parallel=ParallelParams(backend="sequential"))
 
 
 def _read(path: Path) -> tuple[np.ndarray, dict]:
@@ -97,15 +100,17 @@ def test_gray_conversion_follows_channel_order(tmp_path):
         to_gray(rng.integers(0, 256, (2, 8, 8, 4), dtype=np.uint8))
 
 
-def test_bad_videos_fail_alone_with_clear_messages(tmp_path):
+@pytest.mark.parametrize("impl", ["opencv", "torch"])
+def test_bad_videos_fail_alone_with_clear_messages(tmp_path, impl):
     _faces(tmp_path, "good", _video(40, 3, color=False))
     _faces(tmp_path, "one_frame", _video(40, 1))
     _faces(tmp_path, "floats", _video(40, 3).astype(np.float32))
-    ctx = _ctx(tmp_path)
+    ctx = _ctx(tmp_path, impl=impl)
     with pytest.raises(StageFailed) as info:
         flow_stage.run(ctx)
     failures = info.value.failures
     assert set(failures) == {"one_frame", "floats"}
+    assert info.value.kinds == {"one_frame": "InputError", "floats": "InputError"}
     assert "1 frame(s); flow needs at least 2" in failures["one_frame"] and "one_frame.h5" in failures["one_frame"]
     assert "expected uint8" in failures["floats"]
     assert ctx.paths.h5(ctx.paths.flow, "good").exists()
@@ -125,9 +130,9 @@ def test_constant_frames_give_zero_flow_and_no_nan(tmp_path):
 
 def test_non_finite_flow_is_never_written():
     with pytest.raises(InputError, match="non-finite"):
-        flow_stage.to_float16(np.array([1.0, np.nan], np.float32), "v")
+        to_float16(np.array([1.0, np.nan], np.float32), "v")
     with pytest.raises(InputError, match="non-finite"):
-        flow_stage.to_float16(np.array([1e6], np.float32), "v")        # overflows float16
+        to_float16(np.array([1e6], np.float32), "v")        # overflows float16
 
 
 def test_torch_stage_batches_across_videos_of_two_sizes(tmp_path, caplog):
@@ -159,7 +164,7 @@ def test_config_and_missing_inputs(tmp_path):
         flow_stage.run(_ctx(tmp_path, impl="gpu"))
     with pytest.raises(ConfigError, match="scale_step"):
         flow_stage.run(_ctx(tmp_path, scale_step=1.5))
-    assert flow_stage.resolve_impl("auto", "cpu") == "opencv"
+    assert resolve_impl("auto", "cpu") == "opencv"
 
 
 def test_main_reports_user_errors_with_exit_code_2(tmp_path, monkeypatch):
@@ -179,3 +184,59 @@ def test_outputs_of_videos_gone_upstream_are_removed(tmp_path):
     gone.unlink()   # crop dropped the video (it left the tables)
     flow_stage.run(ctx)
     assert sorted(p.name for p in ctx.paths.flow.glob("*.h5")) == ["s01_v1.h5"]
+
+
+def test_unknown_flow_key_is_refused_with_the_closest_match_before_any_input_is_read(tmp_path, monkeypatch):
+    """``flow.imp`` (a typo of impl) is refused naming ``impl``; no faces file exists, so reaching the inputs
+    would have failed with the crop-stage message instead, and nothing is read or written."""
+    import pipeline.flow as flow_module
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an input was read before the params were checked")
+
+    monkeypatch.setattr(flow_module, "build_tasks", no_reading)
+    monkeypatch.setattr(flow_module, "remove_partials", no_reading)
+    with pytest.raises(ConfigError, match=r"flow\.imp \(did you mean impl\?\)"):
+        flow_stage.run(_ctx(tmp_path, imp="opencv"))
+    with pytest.raises(ConfigError, match=r"flow\.lamda \(did you mean lambda\?\)"):   # a TV-L1 key too
+        flow_stage.run(_ctx(tmp_path, lamda=0.2))
+    assert not (tmp_path / "toy").exists()
+
+
+def test_flow_section_declarations_keep_defaults_and_checks():
+    from pipeline.tvl1.params import PARAM_KEYS, FlowParams
+
+    tvl1 = TVL1Params.from_params({"lambda": 1, "nscales": 3.0, "impl": "torch"}, others=(FlowParams,))
+    assert tvl1.as_dict() == {"tau": 0.25, "lambda": 1.0, "theta": 0.3, "nscales": 3, "warps": 5, "epsilon": 0.01,
+                              "inner_iterations": 30, "outer_iterations": 10, "scale_step": 0.8, "gamma": 0.0,
+                              "median_filtering": 5, "use_initial_flow": False}
+    assert list(PARAM_KEYS) == list(tvl1.as_dict()) and PARAM_KEYS["lambda"] == "lambda_"
+    with pytest.raises(ConfigError, match="unknown key"):           # the TV-L1 keys alone do not cover impl
+        TVL1Params.from_params({"impl": "torch"})
+    cfg = FlowParams.from_params({"tau": 0.3, "compression": None, "remap_subpixel": 32}, others=(TVL1Params,))
+    assert (cfg.impl, cfg.batch_pairs, cfg.compression, cfg.remap_subpixel) == ("auto", 4096, None, 32)
+    for bad, match in [({"channel_order": "rgba"}, "channel_order"), ({"kernels": "cuda"}, "kernels"),
+                       ({"triton_block": 48}, "triton_block"), ({"triton_warps": 3}, "triton_warps"),
+                       ({"batch_pairs": 0}, "batch_pairs"), ({"check_every": 0}, "check_every"),
+                       ({"remap_subpixel": 16}, "remap_subpixel"), ({"compression": "zstd"}, "compression")]:
+        with pytest.raises(ConfigError, match=match):
+            FlowParams.from_params(bad, others=(TVL1Params,))
+    with pytest.raises(ConfigError, match=r"params.yaml: flow.theta must be > 0"):
+        TVL1Params.from_params({"theta": 0}, others=(FlowParams,))
+
+
+def test_torch_fail_fast_stops_at_the_first_failed_video(tmp_path):
+    """The batched path applies fail_fast as the runner does: the bad video (first by frame size) stops the
+    run before any other video is solved; without fail_fast the others are written."""
+    _faces(tmp_path, "a_bad", _video(40, 3).astype(np.float32))
+    for name in ("b", "c"):
+        _faces(tmp_path, name, _video(40, 3))
+    ctx = _ctx(tmp_path, impl="torch")
+    fast = StageContext(**{**ctx.__dict__, "parallel": ParallelParams(backend="sequential", fail_fast=True)})
+    with pytest.raises(StageFailed) as info:
+        flow_stage.run(fast)
+    assert list(info.value.failures) == ["a_bad"]
+    assert not list(ctx.paths.flow.glob("*.h5")) and not list(ctx.paths.flow.glob(".*partial"))
+    with pytest.raises(StageFailed):
+        flow_stage.run(ctx)
+    assert sorted(p.name for p in ctx.paths.flow.glob("*.h5")) == ["b.h5", "c.h5"]

@@ -17,7 +17,8 @@ import torch
 from pipeline.tvl1 import kernels as K
 from pipeline.errors import ConfigError, InputError
 from pipeline.synthetic.flow_truth import endpoint_error, warped_pair
-from pipeline.tvl1.opencv import TVL1Params, opencv_flow_pair, opencv_remap_subpixel
+from pipeline.tvl1.opencv import opencv_flow_pair, opencv_remap_subpixel
+from pipeline.tvl1.params import TVL1Params
 from pipeline.tvl1.solver import TorchTVL1
 
 SMALL = dict(nscales=3, warps=2, outer_iterations=3, inner_iterations=20)

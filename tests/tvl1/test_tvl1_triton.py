@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import flow as flow_stage
 from pipeline.tvl1 import triton_solver as TT
 from pipeline.errors import ConfigError, InputError
 from pipeline.synthetic.flow_truth import endpoint_error, warped_pair
 from pipeline.tvl1.kernels import median_network
-from pipeline.tvl1.opencv import TVL1Params
+from pipeline.tvl1.backend import resolve_kernels
+from pipeline.tvl1.params import FlowParams, TVL1Params
 from pipeline.tvl1.solver import TorchTVL1
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,8 +57,8 @@ def test_triton_kernel_matches_torch_kernels_in_the_interpreter():
 
 @pytest.mark.parametrize("n", [9, 25])
 def test_written_out_median_network_is_median_network(n):
-    """The compare-exchange lines of tvl1_triton_median.py are exactly median_network(n)."""
-    src = (REPO / "pipeline" / "tvl1_triton_median.py").read_text()
+    """The compare-exchange lines of tvl1/triton_median.py are exactly median_network(n)."""
+    src = (REPO / "pipeline" / "tvl1" / "triton_median.py").read_text()
     fn = "_median5" if n == 25 else "_median3"
     body = src.split(f"def {fn}(")[1].split("@triton.jit")[0]
     got = []
@@ -84,14 +84,14 @@ def test_supports_names_what_it_cannot_do():
 
 def test_resolve_kernels():
     cpu = torch.device("cpu")
-    assert flow_stage.resolve_kernels("torch", TVL1Params(), cpu) == "torch"
-    assert flow_stage.resolve_kernels("auto", TVL1Params(gamma=0.2), torch.device("cuda")) == "torch"
+    assert resolve_kernels("torch", TVL1Params(), cpu) == "torch"
+    assert resolve_kernels("auto", TVL1Params(gamma=0.2), torch.device("cuda")) == "torch"
     if not TT.interpreting():
-        assert flow_stage.resolve_kernels("auto", TVL1Params(), cpu) == "torch"
+        assert resolve_kernels("auto", TVL1Params(), cpu) == "torch"
         with pytest.raises(ConfigError, match="flow.kernels is triton"):
-            flow_stage.resolve_kernels("triton", TVL1Params(), cpu)
+            resolve_kernels("triton", TVL1Params(), cpu)
     with pytest.raises(ConfigError, match="triton_block"):
-        flow_stage.FlowConfig.from_section({"triton_block": 100})
+        FlowParams.from_params({"triton_block": 100})
 
 
 @pytest.mark.gpu
