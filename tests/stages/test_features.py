@@ -14,10 +14,13 @@ import torch
 
 from models.i3d import build_i3d, init_random
 from models.weights import RANDOM_INIT
+from helpers.params import assert_section_refuses
 from pipeline.errors import ConfigError, StageFailed
-from pipeline.features import (Failed, FeatureConfig, FeatureExtractor, PrefetchReader, VideoInput, VideoProbe,
-                               clip_count, clip_views, prepare_flow, prepare_rgb, probe_video, read_video, video_digest,
-                               weights_identity)
+from pipeline.extract.extractor import FeatureExtractor
+from pipeline.extract.params import FeaturesParams
+from pipeline.extract.prepare import clip_count, clip_views, prepare_flow, prepare_rgb
+from pipeline.extract.reader import Failed, PrefetchReader, VideoInput, VideoProbe, probe_video, read_video
+from pipeline.extract.writer import video_digest, weights_identity
 from pipeline.io.h5io import atomic_h5, file_digest, read_attr_json
 
 SIZE = 32  # crops and model input in these tests (small so that CPU runs stay short)
@@ -74,8 +77,8 @@ def setup_dataset(workspace, videos: dict[str, int], **features) -> None:
                                         "device": "cpu", **features})
 
 
-def cfg(**kw) -> FeatureConfig:
-    return FeatureConfig.from_params({"allow_random_init": True, "input_size": SIZE, "device": "cpu", **kw})
+def cfg(**kw) -> FeaturesParams:
+    return FeaturesParams.from_params({"allow_random_init": True, "input_size": SIZE, "device": "cpu", **kw})
 
 
 def as_input(video: str, frames: np.ndarray | None, flow: np.ndarray | None) -> VideoInput:
@@ -217,7 +220,7 @@ def test_batches_kept_in_flight_do_not_change_results_or_their_order(extractor: 
             assert r.features["rgb"].shape[0] == clip_count(r.probe.n_frames)
             assert all(np.array_equal(r.features[s], ref.features[s]) for s in ("rgb", "flow")), depth
     with pytest.raises(ConfigError, match="inflight must be at least 1"):
-        FeatureConfig.from_params({"inflight": 0})
+        FeaturesParams.from_params({"inflight": 0})
     with pytest.raises(ConfigError, match="with_options takes"):
         extractor.with_options(batch_size=8)
 
@@ -262,14 +265,14 @@ def test_stage_writes_features_records_provenance_and_resumes(workspace) -> None
     workspace.run("features", DS)
     assert (out / "v1.h5").stat().st_mtime_ns == mtime
     # the digest follows the params that alter values, not the operational ones
-    base = FeatureConfig.from_params(workspace.context("features", DS).section())
+    base = FeaturesParams.from_params(workspace.context("features", DS).section())
     probe = probe_video("v1", workspace.root / "data" / DS / "faces" / "v1.h5",
                         workspace.root / "data" / DS / "flow" / "v1.h5")
     weights = weights_identity(base)
     assert video_digest(base, probe, weights) == digest_v1
-    faster = FeatureConfig(**{**base.__dict__, "batch_size": 2, "prefetch": 5, "device": "auto"})
+    faster = FeaturesParams(**{**base.__dict__, "batch_size": 2, "prefetch": 5, "device": "auto"})
     assert video_digest(faster, probe, weights) == digest_v1
-    other = FeatureConfig(**{**base.__dict__, "flow_bound": 10.0})
+    other = FeaturesParams(**{**base.__dict__, "flow_bound": 10.0})
     assert video_digest(other, probe, weights) != digest_v1
     assert video_digest(base, probe, {**weights, "rgb": "0" * 64}) != digest_v1
 
@@ -288,6 +291,27 @@ def test_faces_and_flow_that_disagree_fail_that_video_only(workspace) -> None:
     assert f"{SIZE // 2}x{SIZE // 2}" in failures["small_flow"] and f"{SIZE}x{SIZE}" in failures["small_flow"]
     assert "missing.h5" in failures["missing"] and "not found" in failures["missing"]
     assert (workspace.out(DS, "features") / "good.h5").is_file()
+
+
+def test_fail_fast_stops_at_a_bad_input_and_a_rerun_resumes(workspace) -> None:
+    """The runner's rules (pipeline.core.runner.run_batched): fail_fast stops at the first failed video, here one
+    whose inputs fail their probe, before any model runs; without it the others are computed, complete ones
+    skipped on the next run."""
+    make_video(workspace.root, "good", 11, seed=1)
+    setup_dataset(workspace, {"good": 11, "missing": 20})
+    workspace.set_params("parallel", fail_fast=True)
+    with pytest.raises(StageFailed) as info:
+        workspace.run("features", DS)
+    assert set(info.value.failures) == {"missing"}
+    out = workspace.out(DS, "features")
+    assert not (out / "good.h5").exists()
+    workspace.set_params("parallel", fail_fast=False)
+    with pytest.raises(StageFailed):
+        workspace.run("features", DS)
+    mtime = (out / "good.h5").stat().st_mtime_ns
+    with pytest.raises(StageFailed) as info:
+        workspace.run("features", DS)          # nothing left to compute: the bad input still fails the stage
+    assert set(info.value.failures) == {"missing"} and (out / "good.h5").stat().st_mtime_ns == mtime
 
 
 def test_weights_for_the_wrong_stream_stop_the_stage(workspace, tmp_path: Path) -> None:
@@ -319,19 +343,42 @@ def test_cuda_asked_for_but_absent_is_a_config_error() -> None:
 
 def test_bad_params_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown key.*batchsize"):
-        FeatureConfig.from_params({"batchsize": 3})
-    with pytest.raises(ConfigError, match="precision 'fp8'"):
-        FeatureConfig.from_params({"precision": "fp8"})
+        FeaturesParams.from_params({"batchsize": 3})
+    with pytest.raises(ConfigError, match=r"precision = 'fp8' is not one of fp32, tf32, bf16"):
+        FeaturesParams.from_params({"precision": "fp8"})
     with pytest.raises(ConfigError, match="fuse applies to backbone i3d only"):
-        FeatureConfig.from_params({"backbone": "i3d_r50", "fuse": True})
-    assert FeatureConfig.from_params({}).identity() == FeatureConfig.from_params({"batch_size": 7}).identity()
+        FeaturesParams.from_params({"backbone": "i3d_r50", "fuse": True})
+    assert FeaturesParams.from_params({}).identity() == FeaturesParams.from_params({"batch_size": 7}).identity()
     with pytest.raises(ConfigError, match="space_to_depth rewrites the fused"):
-        FeatureConfig.from_params({"space_to_depth": True})
+        FeaturesParams.from_params({"space_to_depth": True})
     # a key added later enters the digest only when set: outputs made before it keep their digests
-    fused = FeatureConfig.from_params({"fuse": True})
+    fused = FeaturesParams.from_params({"fuse": True})
     assert "space_to_depth" not in fused.identity()
-    assert FeatureConfig.from_params({"fuse": True, "space_to_depth": True}).identity() == \
+    assert FeaturesParams.from_params({"fuse": True, "space_to_depth": True}).identity() == \
         {**fused.identity(), "space_to_depth": True}
+
+
+def test_a_misspelt_key_is_refused_with_the_closest_one() -> None:
+    assert_section_refuses(FeaturesParams, [
+        ({"batch_sise": 8}, r"features\.batch_sise \(did you mean batch_size\?\)"),
+        ({"weights_rgb": "a.pt"}, r"features\.weights_rgb"),   # the weights are nested: weights: {rgb, flow}
+    ])
+
+
+def test_nested_weights_are_accepted_as_before_and_stay_out_of_the_digest() -> None:
+    for given in (None, {}, {"rgb": None}, {"rgb": "", "flow": None}):
+        cfg = FeaturesParams.from_params({"weights": given})
+        assert cfg.weights == {"rgb": None, "flow": None} and cfg.weights_rgb is None, given
+    cfg = FeaturesParams.from_params({"weights": {"rgb": "r.pt", "flow": "f.pt"}})
+    assert (cfg.weights_path("rgb"), cfg.weights_flow) == ("r.pt", "f.pt")
+    assert cfg.identity() == FeaturesParams.from_params({}).identity()
+    assert "weights" not in cfg.identity() and "batch_size" not in cfg.identity()
+    assert_section_refuses(FeaturesParams, [
+        ({"weights": {"rgb": "r.pt", "depth": "d.pt"}}, r"features\.weights must be a mapping with keys rgb and flow"),
+        ({"weights": "r.pt"}, r"features\.weights = 'r\.pt' is invalid"),
+        ({"flow_bound": 0}, r"features\.flow_bound must be positive"),
+        ({"input_size": 16}, r"features\.input_size must be at least 32"),
+    ])
 
 
 def test_space_to_depth_stem_gives_the_same_features_on_cpu() -> None:
@@ -381,12 +428,13 @@ def test_one_stream_from_its_array_alone_equals_that_stream_of_both(extractor: F
 def stage_files(tmp_path: Path) -> tuple[VideoProbe, np.ndarray, np.ndarray]:
     """A faces file written by the crop stage's writer (its default Blosc codec) and a flow file in the flow
     stage's layout and default filter (lzf, one field per chunk); returns the probe and h5py's plain reads."""
-    from pipeline.crop import CropParams, _FrameWriter
+    from pipeline.cropping.params import CropParams
+    from pipeline.cropping.writer import FrameWriter
 
     frames, flow = realistic_video(37, SIZE, 3, seed=7)  # 37 frames: the last 8-frame chunk is partial
     faces_path, flow_path = tmp_path / "faces" / "v.h5", tmp_path / "flow" / "v.h5"
     with atomic_h5(faces_path, "faces-v") as f:
-        writer = _FrameWriter(f, len(frames), SIZE, 3, CropParams(size=SIZE))
+        writer = FrameWriter(f, len(frames), SIZE, 3, CropParams(size=SIZE))
         for start in range(0, len(frames), writer.chunk):
             writer.write(start, frames[start:start + writer.chunk])
     with atomic_h5(flow_path, "flow-v") as f:
