@@ -25,7 +25,7 @@ from typing import Callable, Sequence, TypeVar
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from .errors import ModelConfigError
 
 M = TypeVar("M", bound=type)
 
@@ -52,11 +52,12 @@ def registered_blocks() -> list[str]:
 def make_block(name: str, **kwargs) -> nn.Module:
     """Build the block registered as ``name`` with ``kwargs`` (from a model preset)."""
     if name not in _REGISTRY:
-        raise ConfigError(f"model preset: unknown block '{name}'. Known blocks: {', '.join(registered_blocks())}.")
+        raise ModelConfigError(f"model preset: unknown block '{name}'. "
+                               f"Known blocks: {', '.join(registered_blocks())}.")
     try:
         return _REGISTRY[name](**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"model preset: bad arguments for block '{name}': {exc}. Fix the preset.") from exc
+        raise ModelConfigError(f"model preset: bad arguments for block '{name}': {exc}. Fix the preset.") from exc
 
 
 @register_block("tam")
@@ -101,7 +102,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, in_dim: int, dims: Sequence[int], strides: Sequence[int], kernel_size: int = 3) -> None:
         super().__init__()
         if len(dims) != len(strides):
-            raise ConfigError(f"encoder: {len(dims)} dims but {len(strides)} strides; give one stride per level.")
+            raise ModelConfigError(f"encoder: {len(dims)} dims but {len(strides)} strides; give one stride per level.")
         self.convs = nn.ModuleList()
         prev = in_dim
         for dim, stride in zip(dims, strides):

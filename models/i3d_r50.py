@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from .errors import ModelConfigError
 
 FEATURE_DIM = 2048
 
@@ -30,8 +30,8 @@ class I3DR50(nn.Module):
         try:
             from pytorchvideo.models.hub.resnet import i3d_r50
         except ImportError as exc:
-            raise ConfigError("features.backbone is 'i3d_r50' but pytorchvideo is not installed: "
-                              "pip install pytorchvideo==0.1.5, or use backbone: i3d.") from exc
+            raise ModelConfigError("features.backbone is 'i3d_r50' but pytorchvideo is not installed: "
+                                   "pip install pytorchvideo==0.1.5, or use backbone: i3d.") from exc
         self.net = i3d_r50(pretrained=False, input_channel=in_channels, model_num_class=num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """IAENet (Li et al., ACCV 2024) assembled from the registered blocks of :mod:`models.blocks`.
 
-A model preset (``configs/iaenet_<dataset>.yaml``) holds the window geometry, the
-architecture, the levels, the loss, the training recipe and the inference settings.
-``params.yaml: train`` values that are not null override the preset's ``train`` and
-``loss`` values (:func:`resolve_preset`), so ``dvc exp run -S train.lr=...`` works.
+A model preset (``configs/iaenet_<dataset>.yaml``, read and resolved by
+:mod:`pipeline.learning.presets`) holds the window geometry, the architecture, the levels,
+the loss, the training recipe and the inference settings; this module only builds, saves and
+loads the network it describes.
 
 Input: features ``[B, T, D]`` (T = 64 feature steps per window, D = rgb + flow width);
 output: class logits ``[B, P, 2]`` and distances ``[B, P, 2]`` in units of the point's
@@ -12,7 +12,6 @@ level stride, P = 28 (CAS(ME)^2) or 56 (SAMM-LV) points per window.
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,59 +19,12 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.core.params import deep_merge, read_yaml
-
 from .blocks import make_block
+from .errors import ModelConfigError, ModelInputError
 
 log = logging.getLogger(__name__)
 
-MODEL_PRESET_DIR = Path("configs")
-REPO_PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 CHECKPOINT_VERSION = 1
-# params.yaml `train` keys that override a preset value when not null: key -> (section, key)
-OVERRIDABLE = {
-    "lr": ("train", "lr"),
-    "weight_decay": ("train", "weight_decay"),
-    "batch_size": ("train", "batch_size"),
-    "epochs": ("train", "epochs"),
-    "warmup_epochs": ("train", "warmup_epochs"),
-    "schedule": ("train", "schedule"),
-    "reg_weight": ("loss", "reg_weight"),
-    "micro_weight": ("loss", "micro_weight"),
-}
-_REQUIRED = ("window", "model", "levels", "loss", "train", "inference")
-
-
-def load_model_preset(name: str, preset_dir: str | Path = MODEL_PRESET_DIR) -> dict[str, Any]:
-    """Read the model preset ``<preset_dir>/<name>.yaml`` and check its sections.
-
-    A relative ``preset_dir`` is tried from the current directory, then from the
-    repository (so the installed presets are found from anywhere).
-    """
-    path = Path(preset_dir) / f"{name}.yaml"
-    if not path.is_file() and not Path(preset_dir).is_absolute() and (REPO_PRESET_DIR.parent / path).is_file():
-        path = REPO_PRESET_DIR.parent / path
-    if not path.is_file():
-        known = sorted(p.stem for p in Path(preset_dir).glob("iaenet_*.yaml"))
-        raise ConfigError(f"{path}: model preset '{name}' not found (known: {', '.join(known) or 'none'}). "
-                          "Set model_preset in the dataset preset or params train.model_preset.")
-    preset = read_yaml(path)
-    missing = [k for k in _REQUIRED if k not in preset]
-    if missing:
-        raise ConfigError(f"{path}: missing section(s) {', '.join(missing)}. See configs/iaenet_casme2.yaml.")
-    preset.setdefault("name", name)
-    return preset
-
-
-def resolve_preset(preset: Mapping[str, Any], train_params: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a copy of ``preset`` with the non-null overridable ``train_params`` applied."""
-    out = copy.deepcopy(dict(preset))
-    for key, (section, sub) in OVERRIDABLE.items():
-        value = train_params.get(key)
-        if value is not None:
-            out[section] = deep_merge(out.get(section) or {}, {sub: value})
-    return out
 
 
 def level_geometry(preset: Mapping[str, Any]) -> tuple[list[int], list[int]]:
@@ -87,18 +39,18 @@ def level_geometry(preset: Mapping[str, Any]) -> tuple[list[int], list[int]]:
     strides = [int(s) for s in levels["strides"]]
     enc = [int(s) for s in model["encoder"]["strides"]]
     if len(strides) != len(enc) or len(levels["ranges"]) != len(enc):
-        raise ConfigError(f"model preset {preset.get('name')}: levels.strides/ranges need one entry per encoder level "
-                          f"({len(enc)}).")
+        raise ModelConfigError(f"model preset {preset.get('name')}: levels.strides/ranges need one entry "
+                               f"per encoder level ({len(enc)}).")
     expected, acc = [], fstride * pool
     for s in enc:
         acc *= s
         expected.append(acc)
     if strides != expected:
-        raise ConfigError(f"model preset {preset.get('name')}: levels.strides {strides} do not match the network "
-                          f"(feature_stride x pooling x encoder strides = {expected}).")
+        raise ModelConfigError(f"model preset {preset.get('name')}: levels.strides {strides} do not match "
+                               f"the network (feature_stride x pooling x encoder strides = {expected}).")
     if frames % fstride or any(frames % s for s in strides):
-        raise ConfigError(f"model preset {preset.get('name')}: window.frames {frames} must be a multiple of every "
-                          "level stride.")
+        raise ModelConfigError(f"model preset {preset.get('name')}: window.frames {frames} must be a "
+                               "multiple of every level stride.")
     return [frames // s for s in strides], strides
 
 
@@ -143,7 +95,7 @@ class IAENet(nn.Module):
 def build_model(preset: Mapping[str, Any], in_dim: int) -> IAENet:
     """Build IAENet for features of width ``in_dim`` (rgb + flow) from a model preset."""
     if int(in_dim) <= 0:
-        raise ConfigError(f"build_model: feature width must be positive, got {in_dim}.")
+        raise ModelConfigError(f"build_model: feature width must be positive, got {in_dim}.")
     return IAENet(int(in_dim), preset)
 
 
@@ -178,20 +130,23 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found. Run the train stage (dvc repro train@<dataset>) first.")
+        raise ModelInputError(f"{path}: checkpoint not found. Run the train stage "
+                              "(dvc repro train@<dataset>) first.")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"{path}: not a readable m2es checkpoint ({exc}). Retrain or restore the file.") from exc
+        raise ModelInputError(f"{path}: not a readable m2es checkpoint ({exc}). "
+                              "Retrain or restore the file.") from exc
     for key in ("state_dict", "in_dim", "preset"):
         if not isinstance(blob, dict) or key not in blob:
-            raise InputError(f"{path}: checkpoint lacks '{key}'; it was not written by m2es train. Retrain.")
+            raise ModelInputError(f"{path}: checkpoint lacks '{key}'; it was not written by m2es train. "
+                                  "Retrain.")
     model = build_model(blob["preset"], blob["in_dim"])
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in blob["state_dict"].items()}
     if expected != got:
         diff = sorted(set(expected.items()) ^ set(got.items()))[:5]
-        raise InputError(f"{path}: weights do not match the model of its preset (first differences: {diff}). "
-                         "Retrain with the current code.")
+        raise ModelInputError(f"{path}: weights do not match the model of its preset "
+                              f"(first differences: {diff}). Retrain with the current code.")
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval(), blob

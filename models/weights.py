@@ -2,7 +2,7 @@
 
 Checkpoints are read with ``torch.load(..., weights_only=True)`` and checked key by key
 and shape by shape against the model they are meant for before ``load_state_dict(...,
-strict=True)``; every problem ends in a :class:`~pipeline.errors.ConfigError` naming the
+strict=True)``; every problem ends in a :class:`~models.errors.ModelConfigError` naming the
 file, the stream and the expected layout. Each file's SHA-256 goes into the outputs.
 Without a weights file a stream is refused unless random initialisation is allowed
 explicitly (synthetic presets), and then it is seeded and recorded as ``random-init``.
@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError
+from .errors import ModelConfigError
 
 from .i3d import InceptionI3d, build_i3d, init_random
 
@@ -72,21 +72,21 @@ def read_state_dict(path: str | Path, stream: str, backbone: str = "i3d") -> dic
     path = Path(path)
     where = f"features.weights.{stream}"
     if not path.is_file():
-        raise ConfigError(f"{path}: weights file for the {stream} stream not found ({where}). "
-                          f"Download it or fix the path; expected {LAYOUTS[backbone]}.")
+        raise ModelConfigError(f"{path}: weights file for the {stream} stream not found ({where}). "
+                               f"Download it or fix the path; expected {LAYOUTS[backbone]}.")
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad weights file
-        raise ConfigError(f"{path}: cannot be read as PyTorch weights with weights_only=True ({exc}). "
-                          f"Expected {LAYOUTS[backbone]}.") from exc
+        raise ModelConfigError(f"{path}: cannot be read as PyTorch weights with weights_only=True ({exc}). "
+                               f"Expected {LAYOUTS[backbone]}.") from exc
     if isinstance(obj, Mapping):
         for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"{path}: not a state_dict of tensors (got {type(obj).__name__}). "
-                          f"Expected {LAYOUTS[backbone]}.")
+        raise ModelConfigError(f"{path}: not a state_dict of tensors (got {type(obj).__name__}). "
+                               f"Expected {LAYOUTS[backbone]}.")
     state = {}
     for key, value in obj.items():
         key = str(key)
@@ -99,7 +99,7 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, path: 
     """Check ``state`` against ``model``'s keys and shapes; return it completed for strict loading.
 
     Missing ``num_batches_tracked`` buffers are filled from the model. Raises
-    :class:`ConfigError` listing missing, unexpected and mis-shaped keys; when the first
+    :class:`ModelConfigError` listing missing, unexpected and mis-shaped keys; when the first
     convolution has the other stream's channel count the message says so.
     """
     expected = model.state_dict()
@@ -129,22 +129,22 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, path: 
     if wrong:
         problems.append(f"{len(wrong)} key(s) with the wrong shape, e.g. "
                         + ", ".join(f"{k} {g} (expected {w})" for k, g, w in wrong[:3]))
-    raise ConfigError(f"{path}: does not fit the {backbone} {stream} stream: " + "; ".join(problems)
-                      + f". Expected {LAYOUTS[backbone]}.")
+    raise ModelConfigError(f"{path}: does not fit the {backbone} {stream} stream: " + "; ".join(problems)
+                           + f". Expected {LAYOUTS[backbone]}.")
 
 
 def load_backbone(backbone: str, stream: str, path: str | Path | None, *, allow_random_init: bool = False,
                   seed: int = 0, num_classes: int = 400) -> Backbone:
     """Build the ``stream`` model of ``backbone`` and load its weights (eval mode, CPU).
 
-    ``path`` None: refused with :class:`ConfigError` unless ``allow_random_init``; then the
+    ``path`` None: refused with :class:`ModelConfigError` unless ``allow_random_init``; then the
     model is initialised from ``seed`` (see :func:`models.i3d.init_random`).
     ``backbone`` ``i3d_r50`` imports pytorchvideo (only then).
     """
     if stream not in STREAM_CHANNELS:
-        raise ConfigError(f"unknown stream '{stream}': use one of {', '.join(STREAM_CHANNELS)}.")
+        raise ModelConfigError(f"unknown stream '{stream}': use one of {', '.join(STREAM_CHANNELS)}.")
     if backbone not in BACKBONES:
-        raise ConfigError(f"params.yaml: features.backbone '{backbone}' is not one of {', '.join(BACKBONES)}.")
+        raise ModelConfigError(f"params.yaml: features.backbone '{backbone}' is not one of {', '.join(BACKBONES)}.")
     channels = STREAM_CHANNELS[stream]
     if backbone == "i3d":
         model: nn.Module = build_i3d(channels, num_classes)
@@ -158,7 +158,7 @@ def load_backbone(backbone: str, stream: str, path: str | Path | None, *, allow_
         dim = R50_DIM
     if path is None or str(path) == "":
         if not allow_random_init:
-            raise ConfigError(
+            raise ModelConfigError(
                 f"params.yaml: features.weights.{stream} is not set and random weights are not allowed. "
                 f"Set features.weights.{stream} to a checkpoint ({LAYOUTS[backbone]}), or set "
                 "features.allow_random_init: true for a test run (features are then meaningless).")

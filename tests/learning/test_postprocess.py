@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.iaenet import load_model_preset
 from pipeline.learning.postprocess import decode, iou_1d, nms_1d, suppress, wbf_1d
+from pipeline.learning.presets import load_model_preset
 from pipeline.learning.windows import PointGrid
 
 A = np.array

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.iaenet import build_model, load_model_preset
-from pipeline.train import TrainConfig, prepare, train_model
+from models.iaenet import build_model
+from pipeline.learning.data import prepare
+from pipeline.learning.loop import train_model
+from pipeline.learning.presets import load_model_preset
+from pipeline.learning.recipe import TrainRecipe
 from pipeline.learning.step import StepTensors, TrainStep
 
 BATCH = 8
@@ -51,12 +54,12 @@ def _tensors(prep) -> StepTensors:
 RECIPE_KEYS = ("epochs", "warmup_epochs", "batch_size")
 
 
-def _cfg(preset, **train) -> TrainConfig:
+def _cfg(preset, **train) -> TrainRecipe:
     """The training settings: ``epochs``, ``warmup_epochs`` and ``batch_size`` are the recipe's (the
-    preset's ``train`` section, which TrainConfig reads them from), the rest runtime params."""
+    preset's ``train`` section, which TrainRecipe reads them from), the rest runtime params."""
     recipe = {k: train.pop(k) for k in RECIPE_KEYS if k in train}
     preset = {**preset, "train": {**preset["train"], **recipe}}
-    cfg = TrainConfig.from_preset(preset, {"precision": "fp32", **train})
+    cfg = TrainRecipe.from_preset(preset, {"precision": "fp32", **train})
     assert all(getattr(cfg, k) == v for k, v in recipe.items())
     return cfg
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.iaenet import load_model_preset
+from pipeline.learning.presets import load_model_preset
 from pipeline.learning.windows import (FeatureBank, PointGrid, WindowSpec, assign_labels, grid_starts, inside_ratio,
                               make_test_windows, make_train_windows, point_mask, window_labels)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.errors import ModelConfigError
 from models.i3d import MaxPool3dSamePadding, Unit3D, build_i3d, init_random, same_pad
 from models.weights import RANDOM_INIT, load_backbone, sha256_file
-from pipeline.errors import ConfigError
 
 # The port's table (pytorch_i3d.py), written out independently of models/i3d.py.
 PORT_UNITS = {  # name: (in, out, kernel)
@@ -253,9 +253,9 @@ def test_old_checkpoints_without_num_batches_tracked_and_dataparallel_prefix_loa
 def test_weights_of_the_other_stream_are_refused_with_a_hint(tmp_path: Path) -> None:
     flow_path, _ = _checkpoint(tmp_path, 2, "flow_imagenet.pt")
     rgb_path, _ = _checkpoint(tmp_path, 3, "rgb_imagenet.pt")
-    with pytest.raises(ConfigError, match=r"flow_imagenet\.pt.*rgb stream.*2 input channels.*flow weights.*swap"):
+    with pytest.raises(ModelConfigError, match=r"flow_imagenet\.pt.*rgb stream.*2 input channels.*flow weights.*swap"):
         load_backbone("i3d", "rgb", flow_path)
-    with pytest.raises(ConfigError, match=r"rgb_imagenet\.pt.*flow stream.*3 input channels.*rgb weights"):
+    with pytest.raises(ModelConfigError, match=r"rgb_imagenet\.pt.*flow stream.*3 input channels.*rgb weights"):
         load_backbone("i3d", "flow", rgb_path)
 
 
@@ -263,35 +263,35 @@ def test_wrong_keys_and_shapes_name_the_file_and_the_layout(tmp_path: Path) -> N
     _, state = _checkpoint(tmp_path, 3, "x.pt")
     renamed = {k.replace("Mixed_4c", "Mixed4c"): v for k, v in state.items()}
     torch.save(renamed, tmp_path / "renamed.pt")
-    with pytest.raises(ConfigError, match=r"renamed\.pt.*missing key.*Mixed_4c.*unexpected key.*Mixed4c"
+    with pytest.raises(ModelConfigError, match=r"renamed\.pt.*missing key.*Mixed_4c.*unexpected key.*Mixed4c"
                                           r".*Expected the InceptionI3d layout"):
         load_backbone("i3d", "rgb", tmp_path / "renamed.pt")
     charades = dict(state, **{"logits.conv3d.weight": torch.zeros(157, 1024, 1, 1, 1),
                               "logits.conv3d.bias": torch.zeros(157)})
     torch.save(charades, tmp_path / "charades.pt")
-    with pytest.raises(ConfigError, match=r"charades\.pt.*wrong shape.*logits\.conv3d\.weight \(157, 1024"):
+    with pytest.raises(ModelConfigError, match=r"charades\.pt.*wrong shape.*logits\.conv3d\.weight \(157, 1024"):
         load_backbone("i3d", "rgb", tmp_path / "charades.pt")
 
 
 def test_missing_or_unreadable_weights_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"nope\.pt.*not found.*features\.weights\.rgb"):
+    with pytest.raises(ModelConfigError, match=r"nope\.pt.*not found.*features\.weights\.rgb"):
         load_backbone("i3d", "rgb", tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match=r"junk\.pt.*weights_only=True"):
+    with pytest.raises(ModelConfigError, match=r"junk\.pt.*weights_only=True"):
         load_backbone("i3d", "rgb", tmp_path / "junk.pt")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
-    with pytest.raises(ConfigError, match=r"list\.pt.*not a state_dict"):
+    with pytest.raises(ModelConfigError, match=r"list\.pt.*not a state_dict"):
         load_backbone("i3d", "flow", tmp_path / "list.pt")
 
 
 def test_no_weights_needs_allow_random_init_and_records_the_seed() -> None:
-    with pytest.raises(ConfigError, match=r"features\.weights\.flow is not set.*allow_random_init: true"):
+    with pytest.raises(ModelConfigError, match=r"features\.weights\.flow is not set.*allow_random_init: true"):
         load_backbone("i3d", "flow", None)
     bb = load_backbone("i3d", "flow", None, allow_random_init=True, seed=5)
     assert bb.weights == RANDOM_INIT and bb.seed == 5
     again = load_backbone("i3d", "flow", None, allow_random_init=True, seed=5)
     assert torch.equal(bb.model.Conv3d_1a_7x7.conv3d.weight, again.model.Conv3d_1a_7x7.conv3d.weight)
-    with pytest.raises(ConfigError, match="backbone 'c3d'"):
+    with pytest.raises(ModelConfigError, match="backbone 'c3d'"):
         load_backbone("c3d", "rgb", None, allow_random_init=True)
 
 
@@ -319,5 +319,5 @@ def test_i3d_r50_features_and_kinetics_checkpoint_with_flow_inflation(tmp_path: 
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
     flow_ckpt = tmp_path / "flow.pt"
     torch.save(flow_bb.model.net.state_dict(), flow_ckpt)
-    with pytest.raises(ConfigError, match=r"flow\.pt.*rgb stream.*2 input channels.*swap"):
+    with pytest.raises(ModelConfigError, match=r"flow\.pt.*rgb stream.*2 input channels.*swap"):
         load_backbone("i3d_r50", "rgb", flow_ckpt)

@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from models.blocks import make_block, registered_blocks
-from models.iaenet import (build_model, count_parameters, level_geometry, load_checkpoint, load_model_preset,
-                           resolve_preset, save_checkpoint)
+from models.errors import ModelConfigError, ModelInputError
+from models.iaenet import build_model, count_parameters, level_geometry, load_checkpoint, save_checkpoint
 from models.losses import iaenet_loss, interval_iou, sigmoid_focal_loss
-from pipeline.errors import ConfigError, InputError
+from pipeline.learning.data import prepare
+from pipeline.learning.loop import train_model
 from pipeline.learning.postprocess import predict_video
-from pipeline.train import TrainConfig, prepare, train_model
+from pipeline.learning.presets import load_model_preset, resolve_preset
+from pipeline.learning.recipe import TrainRecipe
 
 LOG2 = math.log(2.0)
 
@@ -53,11 +55,11 @@ def test_input_width_follows_features() -> None:
 
 def test_registry_and_bad_presets() -> None:
     assert {"base", "encoder", "tam", "decoder", "csfm", "heads"} <= set(registered_blocks())
-    with pytest.raises(ConfigError, match="unknown block 'nope'"):
+    with pytest.raises(ModelConfigError, match="unknown block 'nope'"):
         make_block("nope")
     bad = tiny_preset()
     bad["levels"]["strides"] = [4, 8, 16]
-    with pytest.raises(ConfigError, match="do not match the network"):
+    with pytest.raises(ModelConfigError, match="do not match the network"):
         build_model(bad, 16)
 
 
@@ -137,7 +139,7 @@ def _best_iou(pred: pd.DataFrame, on: int, off: int, kind: str) -> float:
 def test_tiny_model_overfits_and_checkpoint_round_trip(tmp_path, one_thread) -> None:
     preset = tiny_preset()
     preset["train"].update(lr=1e-3, epochs=150, warmup_epochs=0)
-    cfg = TrainConfig.from_preset(preset, {"predict_from_epoch": 150})
+    cfg = TrainRecipe.from_preset(preset, {"predict_from_epoch": 150})
     feats, ann = _toy_set()
     prep = prepare(feats, ann, {"v": "s1"}, preset)
     model, preds, hist = train_model(prep, np.arange(len(prep.train)), preset, cfg, seed=1,
@@ -160,17 +162,17 @@ def test_tiny_model_overfits_and_checkpoint_round_trip(tmp_path, one_thread) -> 
 
 
 def test_load_checkpoint_refuses_bad_files(tmp_path) -> None:
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(ModelInputError, match="not found"):
         load_checkpoint(tmp_path / "none.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(InputError, match="not a readable"):
+    with pytest.raises(ModelInputError, match="not a readable"):
         load_checkpoint(tmp_path / "junk.pt")
     model = build_model(tiny_preset(), 16)
     save_checkpoint(tmp_path / "m.pt", model, tiny_preset(), {}, {})
     blob = torch.load(tmp_path / "m.pt", weights_only=True)
     blob["in_dim"] = 8
     torch.save(blob, tmp_path / "bad.pt")
-    with pytest.raises(InputError, match="do not match"):
+    with pytest.raises(ModelInputError, match="do not match"):
         load_checkpoint(tmp_path / "bad.pt")
 
 
@@ -210,7 +212,7 @@ def test_bf16_autocast_close_to_fp32_gpu() -> None:
         # training in bf16 still overfits the toy set
         preset = tiny_preset()
         preset["train"].update(lr=1e-3, epochs=150, warmup_epochs=0)
-        cfg = TrainConfig.from_preset(preset, {"precision": "bf16"})
+        cfg = TrainRecipe.from_preset(preset, {"precision": "bf16"})
         feats, ann = _toy_set()
         prep = prepare(feats, ann, {"v": "s1"}, preset, device="cuda")
         _, _, hist = train_model(prep, np.arange(len(prep.train)), preset, cfg, seed=1)

@@ -1,23 +1,35 @@
-"""Stage `train` end to end on tiny random features (CPU), LR schedule, fold seeds, resume."""
+"""Stage `train` end to end on tiny random features (CPU), LR schedule, fold seeds, resume,
+timing records, the ``train`` params section."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import math
-import re
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
-from models.iaenet import load_checkpoint, load_model_preset
+from models.iaenet import load_checkpoint
+from helpers.params import assert_section_refuses
 from pipeline.errors import ConfigError, InputError
-from pipeline.train import (PREDICTION_COLUMNS, fold_seed, load_inputs, loso_window_passes, lr_factor, model_recipe,
-                            model_seconds, prepare, window_passes)
+from pipeline.io.artifacts import PREDICTION_COLUMNS
+from pipeline.learning.data import load_inputs, prepare
+from pipeline.learning.params import TrainParams
+from pipeline.learning.presets import load_model_preset
+from pipeline.learning.recipe import fold_seed, lr_factor, model_recipe
+from pipeline.learning.timings import TIMING_KEYS, read_timings
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:   # benchmarks/ (the train stage's cost model) is imported from the repository root
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.train_cost import loso_window_passes, model_seconds, window_passes  # noqa: E402
 
 VIDEOS = {  # video: (subject, feature steps)
     "a1": ("s1", 150), "a2": ("s1", 90), "b1": ("s2", 160), "c1": ("s3", 140), "c2": ("s3", 30),
@@ -87,12 +99,11 @@ def _setup(workspace) -> None:
     _write_tables(workspace.root)
 
 
-def test_window_passes_count_the_windows_each_model_trains_and_predicts(workspace, one_thread, caplog) -> None:
-    """benchmarks/e2e.py extrapolates the train stage by these counts: they must be the stage's own."""
+def test_window_passes_count_the_windows_each_model_trains_and_predicts(workspace, one_thread) -> None:
+    """benchmarks/ extrapolates the train stage by these counts: they must be the stage's own."""
     _setup(workspace)
     workspace.set_params("train", epochs=3, warmup_epochs=1)
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
-        workspace.run("train", "tiny")
+    workspace.run("train", "tiny")
     ctx = workspace.context("train", "tiny")
     preset, cfg = model_recipe(ctx)
     assert (cfg.epochs, cfg.first_predicted_epoch) == (3, 2)
@@ -100,24 +111,29 @@ def test_window_passes_count_the_windows_each_model_trains_and_predicts(workspac
     passes = loso_window_passes({v: len(f) for v, f in features.items()}, annotations, subjects, preset, cfg)
     assert set(passes) == {"fold_s1", "fold_s2", "fold_s3", "final"}
     prep = prepare(features, annotations, subjects, preset)
-    logged = {m: int(n) for m, n in re.findall(r"\b(fold_\S+|final): (\d+) training windows", caplog.text)}
+    recorded = {r["model"]: r["windows"] for r in read_timings(workspace.out("tiny", "runs") / "timings.jsonl")}
     for fold in ("s1", "s2", "s3"):
         n_train = int((prep.train_subject != fold).sum())
         n_test = int((prep.test_subject == fold).sum())
-        assert n_train == logged[f"fold_{fold}"] and n_test > 0
+        assert n_train == recorded[f"fold_{fold}"] and n_test > 0
         assert passes[f"fold_{fold}"] == n_train * 3 + n_test * 2      # 3 epochs trained, epochs 2 and 3 predicted
-    assert passes["final"] == len(prep.train) * 3 == logged["final"] * 3
+    assert passes["final"] == len(prep.train) * 3 == recorded["final"] * 3
     assert window_passes(10, 7, cfg) == 44
 
 
 def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     _setup(workspace)
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline"):
         workspace.run("train", "tiny")
-    # the per-model training seconds that benchmarks/e2e.py --calibrate reads from the stage's log
-    compute = model_seconds(caplog.text)
-    assert set(compute) == {"fold_s1", "fold_s2", "fold_s3", "final"} and all(v >= 0 for v in compute.values())
     runs = workspace.out("tiny", "runs")
+    # one timing record per model (benchmarks/ reads the seconds back), and the human line too
+    records = read_timings(runs / "timings.jsonl")
+    assert [r["model"] for r in records] == ["fold_s1", "fold_s2", "fold_s3", "final"]
+    assert all(set(r) == set(TIMING_KEYS) and r["device"] == "cpu" and r["windows"] > 0 for r in records)
+    compute = model_seconds(runs / "timings.jsonl")
+    assert set(compute) == {"fold_s1", "fold_s2", "fold_s3", "final"} and all(v >= 0 for v in compute.values())
+    for r in records:
+        assert f"{r['model']}: {r['windows']} training windows, " in caplog.text
     preds = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
     assert list(preds.columns) == PREDICTION_COLUMNS
     assert set(preds.fold) == {"s1", "s2", "s3"}
@@ -146,12 +162,14 @@ def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     mtime = (runs / "fold_s2" / "model.pt").stat().st_mtime_ns
     workspace.run("train", "tiny")
     assert (runs / "fold_s2" / "model.pt").stat().st_mtime_ns == mtime
+    assert read_timings(runs / "timings.jsonl") == []                 # begun afresh: this run trained nothing
     full = preds[preds.fold == "s3"].reset_index(drop=True)
     workspace.set_params("train", folds=["s3"], final_model=False)
     workspace.params["train"]["eval_batch_size"] = 7                  # changes the digest: fold s3 retrains
     workspace.save_params()
     workspace.run("train", "tiny")
     alone = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
+    assert [r["model"] for r in read_timings(runs / "timings.jsonl")] == ["fold_s3"]
     assert set(alone.fold) == {"s3"}
     pd.testing.assert_frame_equal(alone.reset_index(drop=True), full, check_exact=False, rtol=1e-5)
 
@@ -196,10 +214,10 @@ def test_a_fold_log_closes_when_another_fold_removed_the_shared_dvclive_signal(t
     with its own logs complete. The race is forced: the file is gone while the check says it is there."""
     import os.path
 
-    from pipeline.train import STEP_SIGNAL, _Live
+    from pipeline.learning.loop import STEP_SIGNAL, DvcLive
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))            # what `dvc repro` sets for a stage's command
-    live = _Live(tmp_path / "live" / "fold_a")
+    live = DvcLive(tmp_path / "live" / "fold_a")
     live(1, {"loss": 1.0, "cls": 0.6, "reg": 0.4, "lr": 1e-3})
     signal = tmp_path / ".dvc" / "tmp" / "exps" / "run" / STEP_SIGNAL
     assert signal.is_file()
@@ -210,3 +228,63 @@ def test_a_fold_log_closes_when_another_fold_removed_the_shared_dvclive_signal(t
     monkeypatch.undo()
     loss = tmp_path / "live" / "fold_a" / "plots" / "metrics" / "train" / "loss.tsv"
     assert loss.read_text().splitlines()[1].split("\t")[-1] == "1.0"
+
+
+def test_train_params_refuse_unknown_keys_and_bad_values(workspace) -> None:
+    """The `train` section is one Section: a typo names the closest key, values are typed and checked."""
+    assert TrainParams.from_params(workspace.params["train"]).workers == 1   # the repository's params.yaml
+    assert_section_refuses(TrainParams, [
+        ({"lrr": 1e-3}, r"params\.yaml: train\.lrr \(did you mean lr\?\)"),
+        ({"precision": "fp16"}, r"train\.precision = 'fp16' is not one of fp32, bf16"),
+        ({"epochs": 2.5}, r"train\.epochs = 2\.5 is invalid"),
+        ({"fold_workers": 0}, r"train\.fold_workers must be >= 1"),
+    ])
+    _setup(workspace)
+    workspace.set_params("train", lrr=1e-3)
+    with pytest.raises(ConfigError, match=r"did you mean lr\?"):
+        workspace.run("train", "tiny")
+    assert not workspace.out("tiny", "runs").exists()                 # refused before anything is written
+
+
+def test_fold_processes_append_a_record_per_model(workspace, one_thread) -> None:
+    """With train.fold_workers 2 (loky), each fold process appends its own models' records to one file."""
+    _setup(workspace)
+    workspace.set_params("train", epochs=2, warmup_epochs=1, fold_workers=2)
+    workspace.set_params("parallel", backend="loky", n_jobs=2)
+    workspace.run("train", "tiny")
+    records = read_timings(workspace.out("tiny", "runs") / "timings.jsonl")
+    assert sorted(r["model"] for r in records) == ["final", "fold_s1", "fold_s2", "fold_s3"]
+    by_pid: dict[int, list[str]] = {}
+    for r in records:
+        by_pid.setdefault(r["pid"], []).append(r["model"])
+    assert sorted(by_pid.values()) == [["fold_s1", "fold_s3"], ["fold_s2", "final"]]   # fold_groups' split, in order
+
+
+def test_timing_records_are_whole_lines_from_several_processes(tmp_path) -> None:
+    """Fold processes append to one file at once: every record stays one whole JSON line."""
+    import multiprocessing as mp
+
+    from pipeline.learning.timings import start_timings
+
+    path = tmp_path / "runs" / "timings.jsonl"
+    start_timings(path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, f"fold_{i}", 200)) for i in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    records = read_timings(path)
+    assert len(records) == 600 and {r["model"] for r in records} == {"fold_0", "fold_1", "fold_2"}
+    assert len({r["pid"] for r in records}) == 3
+    start_timings(path)
+    assert read_timings(path) == []
+
+
+def _append_many(path, model: str, n: int) -> None:
+    """Append ``n`` records of ``model`` (run in a child process)."""
+    from pipeline.learning.timings import append_timing, timing_record
+
+    for i in range(n):
+        append_timing(path, timing_record(model, i, 0.5 * i, "cpu", 1.0 / (i + 1)))

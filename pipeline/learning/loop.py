@@ -1,0 +1,113 @@
+"""The training loop of one model, and its dvclive log.
+
+:func:`train_model` trains IAENet on a set of training windows with the published schedule
+(:func:`pipeline.learning.recipe.lr_factor`), one :class:`pipeline.learning.step.TrainStep`
+per batch, and predicts the held-out windows after every epoch from the recipe's first
+predicted epoch. :class:`DvcLive` writes each epoch's losses and learning rate with dvclive.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.iaenet import build_model
+
+from pipeline.errors import ConfigError
+from pipeline.learning.data import Prepared
+from pipeline.learning.postprocess import predictions_from_outputs, run_windows
+from pipeline.learning.recipe import TrainRecipe, lr_factor
+from pipeline.learning.step import StepTensors, TrainStep
+
+log = logging.getLogger(__name__)
+
+#: called after every epoch with (epochs trained, {"loss", "cls", "reg", "lr"})
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any], cfg: TrainRecipe, seed: int,
+                test_idx: np.ndarray | None = None, on_epoch: EpochCallback | None = None,
+                desc: str = "fold") -> tuple[torch.nn.Module, pd.DataFrame, list[dict[str, float]]]:
+    """Train one model on the training windows ``train_idx``; predict test windows ``test_idx``
+    after every epoch from ``cfg.first_predicted_epoch``.
+
+    Returns (model, predictions with an ``epoch`` column, per-epoch history).
+    """
+    device = prep.bank.data.device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_model(preset, prep.bank.width).to(device)
+    model.train()
+    idx_all = torch.as_tensor(np.asarray(train_idx, np.int64))
+    n = len(idx_all)
+    if n == 0:
+        raise ConfigError(f"{desc}: no training windows (no annotated interval fits a window). "
+                          "Check annotations.csv and the features.")
+    graph = cfg.graphs_on(device.type == "cuda")
+    step = TrainStep(model, prep.bank, StepTensors(prep.train_rows, prep.train_cls, prep.train_reg, prep.train_mask),
+                     cfg.loss_spec(), cfg.lr, cfg.weight_decay, cfg.batch_size, static=graph,
+                     warm_idx=idx_all[:cfg.batch_size].to(device) if graph else None)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    history, preds = [], []
+    for epoch in range(cfg.epochs):
+        perm = idx_all[torch.randperm(n, generator=gen)].to(device)
+        lr_epoch = cfg.lr * lr_factor(epoch, cfg.warmup_epochs, cfg.epochs)
+        for b in range(steps_per_epoch):
+            t = epoch + (b / steps_per_epoch if cfg.schedule == "step" else 0.0)
+            step.step(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], cfg.lr * lr_factor(t, cfg.warmup_epochs,
+                                                                                            cfg.epochs))
+        mean = step.take_sums(steps_per_epoch)
+        rec = {"loss": mean[0], "cls": mean[1], "reg": mean[2], "lr": lr_epoch}
+        history.append(rec)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, rec)
+        if test_idx is not None and len(test_idx) and epoch + 1 >= cfg.first_predicted_epoch:
+            wins = prep.test.subset(np.asarray(test_idx))
+            logits, dists = run_windows(model, prep.bank, wins, prep.spec.steps, cfg.eval_batch_size, cfg.precision)
+            df = predictions_from_outputs(logits, dists, wins, prep.spec, prep.grid, preset["inference"])
+            df.insert(1, "epoch", epoch + 1)
+            preds.append(df)
+        log.debug("%s epoch %d: loss %.4f cls %.4f reg %.4f lr %.2e", desc, epoch + 1, *mean, lr_epoch)
+    out = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=["video", "epoch", "onset",
+                                                                                  "offset", "type", "score"])
+    return model, out, history
+
+
+#: dvclive's step signal file (see :meth:`DvcLive.close`)
+STEP_SIGNAL = "DVCLIVE_STEP_COMPLETED"
+
+
+class DvcLive:
+    """dvclive logging of one fold (losses and lr per epoch) into ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            from dvclive import Live
+        except ImportError as exc:  # pragma: no cover - dvclive is a declared dependency
+            raise ConfigError("dvclive is not installed: pip install dvclive (or pip install -e .).") from exc
+        self.live = Live(dir=str(directory), save_dvc_exp=False, dvcyaml=False)
+
+    def __call__(self, epoch: int, rec: Mapping[str, float]) -> None:
+        """Log one epoch's record (an :data:`EpochCallback`)."""
+        for key in ("loss", "cls", "reg"):
+            self.live.log_metric(f"train/{key}", float(rec[key]))
+        self.live.log_metric("lr", float(rec["lr"]))
+        self.live.next_step()
+
+    def close(self) -> None:
+        """End the log; tolerates another fold process having removed the shared step signal."""
+        try:
+            self.live.end()
+        except FileNotFoundError as exc:
+            # the last thing end() does is remove a signal file for DVC's VS Code extension, shared by every
+            # Live under one DVC root (.dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED), after checking that it
+            # exists: with folds in parallel processes (train.fold_workers), another fold's end() may have
+            # removed it in between. The fold's own logs are complete by then.
+            if not str(exc.filename or "").endswith(STEP_SIGNAL):
+                raise

@@ -1,0 +1,50 @@
+"""Timing records of the train stage: one JSON object per trained model, in ``<runs>/timings.jsonl``.
+
+Each record is ``{"model": "fold_<subject>" | "final", "windows": training windows,
+"seconds": training time, "device": str, "final_loss": last epoch's mean loss, "pid": the
+process that trained it}``. A model's record is appended as it ends, by whichever process
+trained it: one ``os.write`` of one line to a file opened with ``O_APPEND``, so records of
+fold processes running at once never interleave. The stage starts the file afresh at the
+start of every run (:func:`start_timings`): it holds the records of the models the latest
+run trained, in the order they ended (models skipped as complete have none).
+``benchmarks/`` reads them back with :func:`read_timings`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+#: the records' file name, under the dataset's runs folder
+TIMINGS_FILE = "timings.jsonl"
+#: the keys of every record
+TIMING_KEYS = ("model", "windows", "seconds", "device", "final_loss", "pid")
+
+
+def start_timings(path: Path) -> None:
+    """Begin ``path`` afresh (empty), creating its folder: the start of a train run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def timing_record(model: str, windows: int, seconds: float, device: str, final_loss: float) -> dict[str, Any]:
+    """One model's record, with this process's id."""
+    return {"model": str(model), "windows": int(windows), "seconds": float(seconds), "device": str(device),
+            "final_loss": float(final_loss), "pid": os.getpid()}
+
+
+def append_timing(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line with a single ``os.write`` under ``O_APPEND`` (safe across processes)."""
+    line = (json.dumps(record, sort_keys=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_timings(path: str | Path) -> list[dict[str, Any]]:
+    """The records of ``path`` in file order (blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
