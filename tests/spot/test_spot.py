@@ -4,7 +4,7 @@ The module fixture builds a small synthetic benchmark in the mp4 format (two sub
 8-s video each, four macro- and one micro-expression per video, no distractors), runs the
 real stages on it (synth, ingest, resample, crop, flow, features with random-init I3D,
 train) and trains the final IAENet of a tiny preset. Every test then runs
-``pipeline.spot.main`` in process, on CPU with one torch thread.
+``pipeline.spot.cli.main`` (``m2es spot``) in process, on CPU with one torch thread.
 
 Why the model is good enough to test the pipeline (and deterministic): random-init I3D
 features carry the synthetic expressions mostly in the flow stream, whose magnitude is
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import decord
 import h5py
 import numpy as np
 import pandas as pd
@@ -41,7 +42,11 @@ import pytest
 import torch
 import yaml
 
+from pipeline.core.stage import make_context
+from pipeline.learning.presets import load_model_preset
 from pipeline.scoring.metrics import interval_iou
+from pipeline.scoring.protocols import Choice, save_thresholds
+from pipeline.spot.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "spotsyn"
@@ -76,8 +81,6 @@ def _params() -> dict:
 
 
 def _model_preset() -> dict:
-    from models.iaenet import load_model_preset
-
     pr = copy.deepcopy(load_model_preset("iaenet_casme2", REPO / "configs"))
     pr["name"] = "iaenet_spot"
     pr["window"].update(frames=64, train_step=16, test_step=16)
@@ -107,8 +110,6 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pipeline.core.stage import make_context
-
     root = tmp_path_factory.mktemp("spot")
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
@@ -131,8 +132,6 @@ def trained(tmp_path_factory):
 
 
 def spot(*args: str) -> int:
-    from pipeline.spot import main
-
     return main([str(a) for a in args])
 
 
@@ -142,8 +141,6 @@ def read_out(out: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def decode_all(path: Path) -> np.ndarray:
-    import decord
-
     reader = decord.VideoReader(str(path))
     return reader.get_batch(list(range(len(reader)))).asnumpy()
 
@@ -209,8 +206,6 @@ def test_spots_the_known_macro_intervals_in_input_frames_and_seconds(trained, sp
 
 
 def test_second_run_skips_crop_flow_features_and_finds_the_evaluate_thresholds(trained, spot30, capsys):
-    from pipeline.scoring.protocols import Choice, save_thresholds
-
     csv1, doc1, stats1 = spot30
     # thresholds.json as the evaluate stage writes it next to the run (data/<ds>/evaluate/)
     thr = trained.root / "data" / DS / "evaluate" / "thresholds.json"
