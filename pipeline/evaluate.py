@@ -22,21 +22,21 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from pipeline.scoring import report
-from pipeline.errors import ConfigError
-from pipeline.scoring.metrics import COUNTING_RULES, OVERALL, Counts, Matching, count_by_type, counts_by_group, match
 from pipeline.core.paths import metrics_path
-from pipeline.scoring.protocols import (OUTPUT_NAMES, PROTOCOLS, Choice, Cube, build_cube, f1_curve,
-                        save_thresholds, select_cross_fold, select_fixed, select_paper, selection_mask,
-                        threshold_grid)
 from pipeline.core.stage import StageContext, stage_main
 from pipeline.io.artifacts import read_ground_truth, read_predictions
+from pipeline.io.atomic import write_json, write_text
 from pipeline.io.tables import TYPES, read_frames, read_videos, write_table
+from pipeline.scoring import report
+from pipeline.scoring.metrics import OVERALL, Counts, Matching, count_by_type, counts_by_group, match
+from pipeline.scoring.params import EvaluateParams
+from pipeline.scoring.protocols import (OUTPUT_NAMES, Choice, Cube, build_cube, f1_curve, save_thresholds,
+                                        select_cross_fold, select_fixed, select_paper, selection_mask)
 
 log = logging.getLogger(__name__)
 
@@ -73,44 +73,21 @@ class Evaluation:
     results: dict[str, ProtocolResult]
 
 
-def check_params(p: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the ``evaluate`` section; returns the normalised settings."""
-    out = dict(p)
-    try:
-        out["iou_threshold"] = float(p["iou_threshold"])
-        out["countings"] = list(p["countings"])
-        out["protocols"] = list(p["protocols"])
-        out["timelines"] = int(p["timelines"])
-        out["grid"] = threshold_grid(p["threshold_grid"])
-        out["fixed"] = p["fixed"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"params.yaml: evaluate section incomplete or malformed ({exc}); expected keys "
-                          "iou_threshold, countings, protocols, threshold_grid, fixed, timelines.") from exc
-    if not 0.0 < out["iou_threshold"] <= 1.0:
-        raise ConfigError(f"params.yaml: evaluate.iou_threshold = {out['iou_threshold']}; use a value in (0, 1].")
-    for key, allowed in (("countings", COUNTING_RULES), ("protocols", PROTOCOLS)):
-        bad = [x for x in out[key] if x not in allowed]
-        if not out[key] or bad or len(set(out[key])) != len(out[key]):
-            raise ConfigError(f"params.yaml: evaluate.{key} = {out[key]}; list distinct values among "
-                              f"{', '.join(allowed)} (the first is the default).")
-    return out
-
-
-def evaluate_predictions(pred: pd.DataFrame, gt: pd.DataFrame, subjects: Sequence[str], settings: Mapping[str, Any],
+def evaluate_predictions(pred: pd.DataFrame, gt: pd.DataFrame, subjects: Sequence[str], settings: EvaluateParams,
                          counting: str) -> Evaluation:
     """Match once, build the threshold cube, and run every protocol of ``settings`` under ``counting``."""
     epochs = sorted(int(e) for e in pred["epoch"].unique()) or [0]
-    matching = match(pred, gt, settings["iou_threshold"], counting)
-    cube = build_cube(pred, gt, matching, subjects, epochs, settings["grid"])
+    matching = match(pred, gt, settings.iou_threshold, counting)
+    cube = build_cube(pred, gt, matching, subjects, epochs, settings.grid)
     paper_choice = select_paper(cube)
     results: dict[str, ProtocolResult] = {}
-    for protocol in settings["protocols"]:
+    for protocol in settings.protocols:
         if protocol == "paper":
             choices = {s: paper_choice[0] for s in subjects}
         elif protocol == "cross-fold":
             choices = select_cross_fold(cube)
         else:
-            fixed = select_fixed(settings["fixed"], epochs)
+            fixed = select_fixed(settings.fixed, epochs)
             choices = {s: fixed for s in subjects}
         mask = selection_mask(pred, choices)
         results[protocol] = ProtocolResult(protocol, counting, choices, mask, count_by_type(pred, gt, matching, mask))
@@ -189,7 +166,7 @@ def write_timelines(out_dir: Path, pred: pd.DataFrame, gt: pd.DataFrame, videos:
 
 def run(ctx: StageContext) -> None:
     """Evaluate the dataset's out-of-fold predictions and write metrics, plots and exports."""
-    settings = check_params(ctx.section())
+    settings = EvaluateParams.from_params(ctx.section())  # a bad key or value fails before any input is read
     paths = ctx.paths
     videos = read_videos(paths.resample / "videos.csv")
     videos["subject"] = videos["subject"].astype(str)
@@ -204,15 +181,15 @@ def run(ctx: StageContext) -> None:
     log.info("evaluate@%s: %d predictions (%d epochs), %d ground-truth intervals, %d subjects",
              ctx.name, len(pred), pred["epoch"].nunique(), len(gt), len(subjects))
 
-    evals = {c: evaluate_predictions(pred, gt, subjects, settings, c) for c in settings["countings"]}
-    default_counting, default_protocol = settings["countings"][0], settings["protocols"][0]
+    evals = {c: evaluate_predictions(pred, gt, subjects, settings, c) for c in settings.countings}
+    default_counting, default_protocol = settings.default_counting, settings.default_protocol
     head = evals[default_counting]
 
     doc: dict[str, Any] = {
         "dataset": ctx.name,
-        "iou_threshold": settings["iou_threshold"],
-        "countings": settings["countings"],
-        "protocols": [OUTPUT_NAMES[p] for p in settings["protocols"]],
+        "iou_threshold": settings.iou_threshold,
+        "countings": list(settings.countings),
+        "protocols": [OUTPUT_NAMES[p] for p in settings.protocols],
         "default": {"protocol": OUTPUT_NAMES[default_protocol], "counting": default_counting},
         "ground_truth": {**{t: int((gt["type"] == t).sum()) for t in TYPES}, OVERALL: len(gt),
                          "videos": int(videos["video"].nunique()), "subjects": len(subjects)},
@@ -223,9 +200,9 @@ def run(ctx: StageContext) -> None:
 
     out = paths.evaluate
     out.mkdir(parents=True, exist_ok=True)
-    report.write_json(metrics_path(ctx.name), doc)
+    write_json(metrics_path(ctx.name), doc)
     save_thresholds(out / "thresholds.json", head.all_subjects[0], {
-        "dataset": ctx.name, "counting": default_counting, "iou_threshold": settings["iou_threshold"],
+        "dataset": ctx.name, "counting": default_counting, "iou_threshold": settings.iou_threshold,
         "selected_on": "all subjects' out-of-fold predictions (maximising overall F1)",
         "f1_on_selection_set": round(head.all_subjects[1], 6)})
     write_table(f1_curve(head.cube, head.all_subjects[0].epoch), out / "f1_vs_threshold.csv")
@@ -233,14 +210,14 @@ def run(ctx: StageContext) -> None:
     write_table(per_subject, out / "per_subject.csv")
     final = pred[head.results[default_protocol].mask]
     write_table(report.export_megc(final, frames), out / f"predictions_{ctx.name}_megc.csv")
-    drawn = write_timelines(out / "timelines", pred, gt, videos, head, default_protocol, settings["timelines"])
+    drawn = write_timelines(out / "timelines", pred, gt, videos, head, default_protocol, settings.timelines)
     curves = report.collect_training_curves(paths.runs / "live")
     write_table(report.training_curves_wide(curves), out / "training_curves.csv")
     report.plot_training_curves(curves, out / "training_curves.png", f"{ctx.name}: training curves (dvclive)")
     if curves.empty:
         log.warning("%s: no dvclive logs; training_curves.csv/png are empty.", paths.runs / "live")
     summary = report.summary_markdown(doc, per_subject, column_prefix(default_protocol))
-    report.write_text(out / "summary.md", summary)
+    write_text(out / "summary.md", summary)
     log.info("evaluate@%s: wrote %s, %s (%d timelines)\n%s", ctx.name, metrics_path(ctx.name), out, len(drawn),
              summary)
 

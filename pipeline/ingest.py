@@ -28,17 +28,16 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.layouts import get_reader
-from pipeline.layouts.common import (DEFAULT_IMAGE_EXTENSIONS, LayoutData, check_contiguous, check_images,
-                             count_video_file, dataset_root, is_color, list_frames)
 from pipeline.core.runner import VideoTask, map_videos
 from pipeline.core.stage import StageContext, stage_main
+from pipeline.errors import ConfigError, InputError
 from pipeline.io.tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, VIDEO_COLUMNS, write_table
+from pipeline.layouts import get_reader
+from pipeline.layouts.common import (LayoutData, check_contiguous, check_images, count_video_file, dataset_root,
+                                     is_color, list_frames)
+from pipeline.layouts.params import POLICIES, IngestParams
 
 log = logging.getLogger(__name__)
-
-POLICIES = ("skip", "error")
 
 
 def scan_video(task: VideoTask) -> dict[str, Any]:
@@ -144,7 +143,7 @@ def build_tables(data: LayoutData, scans: Mapping[str, dict[str, Any]], fps: flo
 
 def run(ctx: StageContext) -> None:
     """Ingest the dataset of ``ctx`` into ``data/<ds>/ingest/``."""
-    p = ctx.section()
+    p = IngestParams.from_params(ctx.section())  # a bad key or value fails before any input is read
     preset = ctx.dataset
     if "source_fps" not in preset:
         raise ConfigError(f"configs/datasets/{ctx.name}.yaml: missing key 'source_fps' (the frame rate of the "
@@ -155,7 +154,7 @@ def run(ctx: StageContext) -> None:
     root = dataset_root(preset)
     data = get_reader(preset["layout"], ctx.name)(preset, root, p)
     annotated = set(data.rows["video"])
-    chosen = [e for e in data.videos if e.video in annotated or p.get("include_unannotated", False)]
+    chosen = [e for e in data.videos if e.video in annotated or p.include_unannotated]
     skipped = len(data.videos) - len(chosen)
     if skipped:
         log.info("%s: %d video(s) without annotations left out (ingest.include_unannotated: false)", ctx.name,
@@ -163,12 +162,10 @@ def run(ctx: StageContext) -> None:
     if not chosen:
         raise InputError(f"{data.annotation_file}: no annotated video found under {root}. Check the preset's root "
                          f"and frames_dir in configs/datasets/{ctx.name}.yaml.")
-    extensions = tuple(p.get("image_extensions") or DEFAULT_IMAGE_EXTENSIONS)
-    tasks = [VideoTask(e.video, None, "", {"source": e.source, "kind": e.kind, "extensions": extensions,
-                                           "decode_sample": int(p.get("decode_sample", 3))}) for e in chosen]
+    tasks = [VideoTask(e.video, None, "", {"source": e.source, "kind": e.kind, "extensions": p.extensions(),
+                                           "decode_sample": p.decode_sample}) for e in chosen]
     scans = map_videos(scan_video, tasks, stage="ingest", parallel=ctx.parallel)
-    videos, annotations, frames = build_tables(data, scans, fps, preset.get("color"),
-                                               str(p.get("invalid_intervals", "skip")))
+    videos, annotations, frames = build_tables(data, scans, fps, preset.get("color"), p.invalid_intervals)
     out = ctx.paths.ingest
     write_table(frames, out / "frames.csv")
     write_table(annotations, out / "annotations.csv")

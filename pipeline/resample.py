@@ -24,6 +24,7 @@ with their source_frame and path).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -31,11 +32,23 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.section import Section, knob
 from pipeline.core.stage import StageContext, stage_main
-from pipeline.io.tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, read_annotations, read_frames, read_videos, write_table
+from pipeline.errors import ConfigError, InputError
+from pipeline.io.tables import (ANNOTATION_COLUMNS, FRAME_COLUMNS, read_annotations, read_frames, read_videos,
+                                write_table)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResampleParams(Section):
+    """The ``resample`` section of params.yaml (see the comments there)."""
+
+    SECTION = "resample"
+
+    target_fps: float | None = knob(None, min=0.0)      # a preset's target_fps wins; None: the preset must set it
+    max_duration_s: float | None = knob(None, min=0.0)  # drop longer intervals; None: keep every interval
 
 
 def _fraction(value: float | int | str) -> Fraction:
@@ -122,18 +135,16 @@ def resample_tables(videos: pd.DataFrame, annotations: pd.DataFrame, frames: pd.
 
 def run(ctx: StageContext) -> None:
     """Resample the ingest tables of ``ctx``'s dataset into ``data/<ds>/resample/``."""
-    p = ctx.section()
-    target = ctx.dataset.get("target_fps") or p.get("target_fps")
+    p = ResampleParams.from_params(ctx.section())  # a bad key or value fails before any input is read
+    target = ctx.dataset.get("target_fps") or p.target_fps
     if target is None:
         raise ConfigError(f"no target fps: set target_fps in configs/datasets/{ctx.name}.yaml or "
                           "resample.target_fps in params.yaml.")
-    max_dur = p.get("max_duration_s")
     src = ctx.paths.ingest
     videos = read_videos(src / "videos.csv")
     annotations = read_annotations(src / "annotations.csv")
     frames = read_frames(src / "frames.csv")
-    vids, anns, frms = resample_tables(videos, annotations, frames, float(target),
-                                       None if max_dur is None else float(max_dur))
+    vids, anns, frms = resample_tables(videos, annotations, frames, float(target), p.max_duration_s)
     out = ctx.paths.resample
     write_table(frms, out / "frames.csv")
     write_table(anns, out / "annotations.csv")

@@ -22,24 +22,27 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from pipeline.errors import ConfigError
 from pipeline.core.params import digest
-from pipeline.core.runner import VideoTask, map_videos
+from pipeline.core.runner import ParallelParams, VideoTask, map_videos
 from pipeline.core.stage import StageContext, stage_main
+from pipeline.errors import ConfigError
+from pipeline.io.atomic import write_text
 from pipeline.synthetic.faces import FaceDetector, make_subject
 from pipeline.synthetic.layouts import (DISTRACTORS, GROUND_TRUTH, FrameSink, VideoSpec, distractor_table,
-                            ground_truth_table, name_video, write_casme2_xlsx, write_csv, write_generic_annotations,
-                            write_samm_xlsx)
+                                        ground_truth_table, name_video, write_casme2_xlsx, write_csv,
+                                        write_generic_annotations, write_samm_xlsx)
+from pipeline.synthetic.params import SynthParams
 from pipeline.synthetic.render import VideoRenderer
 from pipeline.synthetic.schedule import Schedule, sample_schedule
 
 log = logging.getLogger(__name__)
 
-CODE_VERSION = 1
+VERSION = 1  # bump when the frames of the same params change (enters every video's digest)
 MARKER_DIR = ".synth"
 
 
 def _range(value: Any, key: str) -> tuple[float, float]:
+    """A number or [lo, hi] (lo <= hi) as (lo, hi)."""
     if isinstance(value, (int, float)):
         return float(value), float(value)
     if isinstance(value, (list, tuple)) and len(value) == 2 and float(value[0]) <= float(value[1]):
@@ -47,13 +50,15 @@ def _range(value: Any, key: str) -> tuple[float, float]:
     raise ConfigError(f"params.yaml: synth.{key} must be a number or [lo, hi] with lo <= hi, got {value!r}.")
 
 
-def resolve_layout(p: Mapping[str, Any], dataset: Mapping[str, Any]) -> str:
+def _params(p: SynthParams | Mapping[str, Any]) -> SynthParams:
+    """The checked ``synth`` params (``p`` as they are, or the section to check)."""
+    return p if isinstance(p, SynthParams) else SynthParams.from_params(p)
+
+
+def resolve_layout(p: SynthParams | Mapping[str, Any], dataset: Mapping[str, Any]) -> str:
     """``mp4`` when ``synth.format`` is mp4, else the preset's layout (casme2 / samm)."""
-    fmt = str(p.get("format", "frames"))
-    if fmt == "mp4":
+    if _params(p).format == "mp4":
         return "mp4"
-    if fmt != "frames":
-        raise ConfigError(f"params.yaml: synth.format must be 'frames' or 'mp4', got '{fmt}'.")
     layout = str(dataset.get("layout"))
     if layout not in ("casme2", "samm"):
         raise ConfigError(f"configs/datasets/{dataset.get('name')}.yaml: layout '{layout}' has no frame-folder "
@@ -61,25 +66,24 @@ def resolve_layout(p: Mapping[str, Any], dataset: Mapping[str, Any]) -> str:
     return layout
 
 
-def plan_dataset(p: Mapping[str, Any], dataset: Mapping[str, Any]) -> tuple[str, list[VideoSpec]]:
+def plan_dataset(p: SynthParams | Mapping[str, Any], dataset: Mapping[str, Any]) -> tuple[str, list[VideoSpec]]:
     """Draw the whole dataset (names, lengths, expressions, distractors) without rendering a frame."""
-    layout = resolve_layout(p, dataset)
-    fps = float(p.get("fps") or dataset.get("source_fps") or 30)
-    seed = int(p.get("seed", 0))
-    n_subjects = int(p.get("n_subjects", 3))
-    if n_subjects < 1:
-        raise ConfigError("params.yaml: synth.n_subjects must be >= 1.")
-    vps = _range(p.get("videos_per_subject", 2), "videos_per_subject")
-    dur = _range(p.get("duration_s", 20.0), "duration_s")
+    cfg = _params(p)
+    layout = resolve_layout(cfg, dataset)
+    fps = float(cfg.fps or dataset.get("source_fps") or 30)
+    seed = cfg.seed
+    vps = _range(cfg.videos_per_subject, "videos_per_subject")
+    dur = _range(cfg.duration_s, "duration_s")
     frames_dir = str(dataset.get("frames_dir") or "frames")
+    schedule_params = cfg.as_params()
     specs: list[VideoSpec] = []
-    for s in range(n_subjects):
+    for s in range(cfg.n_subjects):
         rng = np.random.default_rng([seed, 1, s])
         n_videos = int(rng.integers(int(vps[0]), int(vps[1]) + 1))
         for v in range(n_videos):
             vrng = np.random.default_rng([seed, 2, s, v])
             n_frames = int(round(vrng.uniform(*dur) * fps))
-            sched = sample_schedule(n_frames, fps, p, vrng)
+            sched = sample_schedule(n_frames, fps, schedule_params, vrng)
             video, subject, participant, rel, stim = name_video(layout, frames_dir, s, v)
             specs.append(VideoSpec(video, subject, participant, s, v, n_frames, fps, rel, stim, sched.instances,
                                    sched.events, sched.drift, seed=int(vrng.integers(2**31))))
@@ -90,16 +94,16 @@ def _render_video(task: VideoTask) -> int:
     """Render and write one video (runs in a worker); returns the number of frames."""
     pl = task.payload
     spec: VideoSpec = pl["spec"]
-    p = pl["params"]
+    cfg: SynthParams = pl["params"]
     marker = Path(pl["marker"])
     cv2.setNumThreads(1)
-    size = tuple(int(x) for x in p.get("size", [320, 240]))
-    detector = FaceDetector(upsample=int(p.get("detector_upsample", 0)))
-    subject = make_subject(spec.subject_index, p.get("face") or {}, size, pl["color"], int(p.get("seed", 0)),
-                           detector, name=spec.subject)
+    size = cfg.frame_size()
+    detector = FaceDetector(upsample=cfg.detector_upsample)
+    subject = make_subject(spec.subject_index, cfg.face or {}, size, pl["color"], cfg.seed, detector,
+                           name=spec.subject)
     schedule = Schedule(spec.n_frames, spec.fps, spec.instances, spec.events, spec.drift)
-    renderer = VideoRenderer(subject, schedule, p, spec.seed)
-    sink = FrameSink(pl["layout"], Path(pl["root"]), spec, int(p.get("jpeg_quality", 90)), pl["color"], size)
+    renderer = VideoRenderer(subject, schedule, cfg.as_params(), spec.seed)
+    sink = FrameSink(pl["layout"], Path(pl["root"]), spec, cfg.jpeg_quality, pl["color"], size)
     try:
         for frame in renderer.frames():
             sink.write(frame)
@@ -107,12 +111,12 @@ def _render_video(task: VideoTask) -> int:
     except BaseException:
         sink.abort()
         raise
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"digest": task.digest, "n_frames": spec.n_frames}))
+    write_text(marker, json.dumps({"digest": task.digest, "n_frames": spec.n_frames}))
     return spec.n_frames
 
 
 def _done(root: Path, spec: VideoSpec, marker: Path, dg: str) -> bool:
+    """Whether ``spec``'s output exists and its marker carries digest ``dg``."""
     if not marker.is_file() or not (root / spec.rel_path).exists():
         return False
     try:
@@ -121,23 +125,26 @@ def _done(root: Path, spec: VideoSpec, marker: Path, dg: str) -> bool:
         return False
 
 
-def generate(p: Mapping[str, Any], dataset: Mapping[str, Any], root: str | Path, parallel=None) -> list[VideoSpec]:
-    """Write the synthetic dataset described by ``synth`` params ``p`` and ``dataset`` to ``root``."""
+def generate(p: Mapping[str, Any], dataset: Mapping[str, Any], root: str | Path,
+             parallel: ParallelParams | None = None) -> list[VideoSpec]:
+    """Write the synthetic dataset described by ``synth`` params ``p`` and ``dataset`` to ``root``.
+
+    ``p`` is the section as written (checked here with :class:`SynthParams`): each video's
+    digest is taken over it, so that a rerun with the same section skips the video.
+    """
     root = Path(root)
-    layout, specs = plan_dataset(p, dataset)
-    color = bool(dataset.get("color", True))
-    if "color" in p:
-        color = bool(p["color"])
+    cfg = SynthParams.from_params(p)
+    layout, specs = plan_dataset(cfg, dataset)
+    color = bool(dataset.get("color", True)) if cfg.color is None else cfg.color
     tasks = []
     skipped = 0
     for spec in specs:
         marker = root / MARKER_DIR / f"{spec.video}.json"
-        dg = digest({"params": dict(p), "layout": layout, "color": color, "video": spec.video,
-                     "version": CODE_VERSION})
+        dg = digest({"params": dict(p), "layout": layout, "color": color, "video": spec.video, "version": VERSION})
         if _done(root, spec, marker, dg):
             skipped += 1
             continue
-        tasks.append(VideoTask(spec.video, None, dg, {"spec": spec, "params": dict(p), "layout": layout,
+        tasks.append(VideoTask(spec.video, None, dg, {"spec": spec, "params": cfg, "layout": layout,
                                                       "root": str(root), "color": color, "marker": str(marker)}))
     if skipped:
         log.info("synth: %d of %d videos already generated with the same params, skipped", skipped, len(specs))
@@ -167,14 +174,14 @@ def write_annotations(specs: list[VideoSpec], layout: str, root: Path, dataset: 
 
 def run(ctx: StageContext) -> None:
     """Generate the synthetic dataset of ``ctx.dataset`` into its ``root``."""
+    section = ctx.section()
+    SynthParams.from_params(section)  # a bad key or value fails before anything is read or written
     ds = ctx.dataset
     if not ds.get("synthetic"):
         raise ConfigError(f"configs/datasets/{ctx.name}.yaml: not a synthetic preset (no 'synthetic: true'); "
                           "the synth stage only generates synthetic datasets. List it under params.yaml: "
                           "synth_datasets only if it is synthetic.")
-    root = Path(ds["root"])
-    p = ctx.section()
-    generate(p, ds, root, ctx.parallel)
+    generate(section, ds, Path(ds["root"]), ctx.parallel)
 
 
 main = stage_main("synth", run)

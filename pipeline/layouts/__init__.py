@@ -1,8 +1,8 @@
 """Dataset layouts: each reads a dataset's own annotation file and finds its videos.
 
-A reader has the signature ``read(preset, root, params) -> LayoutData`` (see
-:mod:`pipeline.layouts.common`); :func:`get_reader` picks it from the preset's
-``layout`` key.
+A reader has the signature ``read(preset, root, params) -> LayoutData`` (``params``: the
+checked :class:`~pipeline.layouts.params.IngestParams`; see :mod:`pipeline.layouts.common`);
+:func:`get_reader` picks it from the preset's ``layout`` key.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.layouts.casme2 import read_casme2
 from pipeline.layouts.common import LayoutData, VideoEntry
 from pipeline.layouts.generic import read_generic
+from pipeline.layouts.params import IngestParams
 from pipeline.layouts.samm import read_samm
 
 READERS: dict[str, Callable[..., LayoutData]] = {
@@ -21,7 +22,7 @@ READERS: dict[str, Callable[..., LayoutData]] = {
     "generic": read_generic,
 }
 
-__all__ = ["READERS", "LayoutData", "VideoEntry", "get_reader"]
+__all__ = ["READERS", "IngestParams", "LayoutData", "VideoEntry", "get_reader"]
 
 
 def get_reader(layout: str, preset_name: str = "") -> Callable[..., LayoutData]:

@@ -28,7 +28,8 @@ import pandas as pd
 
 from pipeline.errors import InputError
 from pipeline.layouts.common import (LayoutData, VideoEntry, frames_root, is_empty, normalize_type, read_workbook,
-                     resolve_annotation_file, rows_frame, to_number)
+                                     resolve_annotation_file, rows_frame, to_number)
+from pipeline.layouts.params import IngestParams
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,11 @@ def _video_folders(frames: Path) -> dict[tuple[int, int], tuple[str, Path]]:
     return found
 
 
-def read_casme2(preset: Mapping[str, Any], root: Path, params: Mapping[str, Any]) -> LayoutData:
+def read_casme2(preset: Mapping[str, Any], root: Path, params: IngestParams) -> LayoutData:
     """Read the CAS(ME)^2 spreadsheet and find every video folder under ``frames_dir``."""
     path = resolve_annotation_file(preset, root)
     frames = frames_root(preset, root)
-    fallback = int(params.get("offset_fallback", 20))
+    fallback = params.offset_fallback
     sheets = read_workbook(path)
     if len(sheets) < 3:
         raise InputError(f"{path}: {len(sheets)} sheet(s) found, CAS(ME)^2 needs 3 (codes, naming rule1, naming "

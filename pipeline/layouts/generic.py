@@ -18,7 +18,8 @@ import pandas as pd
 
 from pipeline.errors import InputError
 from pipeline.layouts.common import (VIDEO_EXTENSIONS, LayoutData, VideoEntry, frames_root, normalize_type,
-                     resolve_annotation_file, rows_frame, to_number)
+                                     resolve_annotation_file, rows_frame, to_number)
+from pipeline.layouts.params import IngestParams
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def find_videos(folder: Path, exclude: Path | None = None) -> dict[str, tuple[Pa
     return found
 
 
-def read_generic(preset: Mapping[str, Any], root: Path, params: Mapping[str, Any]) -> LayoutData:
+def read_generic(preset: Mapping[str, Any], root: Path, params: IngestParams) -> LayoutData:
     """Read the canonical annotations CSV and find the frame folders and video files."""
     path = resolve_annotation_file(preset, root)
     frames = frames_root(preset, root)

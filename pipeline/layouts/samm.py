@@ -17,7 +17,8 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.layouts.common import (LayoutData, VideoEntry, frames_root, is_empty, normalize_type, read_workbook,
-                     resolve_annotation_file, rows_frame, to_number)
+                                     resolve_annotation_file, rows_frame, to_number)
+from pipeline.layouts.params import IngestParams
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _norm(cell: Any) -> str:
     return str(cell).strip().lower() if isinstance(cell, str) else ""
 
 
-def read_samm(preset: Mapping[str, Any], root: Path, params: Mapping[str, Any]) -> LayoutData:
+def read_samm(preset: Mapping[str, Any], root: Path, params: IngestParams) -> LayoutData:
     """Read the SAMM-LV spreadsheet and find the video folders under ``frames_dir``."""
     path = resolve_annotation_file(preset, root)
     frames = frames_root(preset, root)

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import ConfigError, InputError
-from pipeline.scoring.metrics import Matching, f1_score
+from pipeline.io.atomic import write_json
 from pipeline.io.tables import TYPES
+from pipeline.scoring.metrics import Matching, f1_score
 
 PROTOCOLS = ("cross-fold", "paper", "fixed")
 #: The name each protocol carries in every output; ``paper`` is always labelled optimistic.
@@ -217,13 +218,9 @@ def f1_curve(cube: Cube, epoch: int) -> pd.DataFrame:
 
 
 def save_thresholds(path: str | Path, choice: Choice, meta: Mapping[str, Any]) -> None:
-    """Write the thresholds for new videos (``data/<ds>/evaluate/thresholds.json``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the thresholds for new videos (``data/<ds>/evaluate/thresholds.json``) atomically."""
     payload = {"thresholds": {t: choice.thresholds[t] for t in TYPES}, "epoch": choice.epoch, **dict(meta)}
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, payload)
 
 
 def load_thresholds(path: str | Path) -> Choice:

@@ -1,16 +1,15 @@
-"""Evaluation outputs: JSON, MEGC export, timelines, training curves, the summary table.
+"""Evaluation outputs: MEGC export, timelines, training curves, the summary table.
 
-Everything here writes files or returns text; nothing prints. Figures use
-``matplotlib.figure.Figure`` directly (no pyplot, no global backend state).
+Everything here writes files or returns text; nothing prints. Files are written through
+:mod:`pipeline.io.atomic` (``write_json``/``write_text`` are re-exported here for old
+imports only). Figures use ``matplotlib.figure.Figure`` directly (no pyplot, no global
+backend state).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import InputError
-from pipeline.scoring.protocols import DESCRIPTIONS, OUTPUT_NAMES
+from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import write_json, write_text  # noqa: F401  (old imports; new code: pipeline.io.atomic)
 from pipeline.io.tables import TYPES, to_source_frames
+from pipeline.scoring.protocols import DESCRIPTIONS, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +28,11 @@ MEGC_COLUMNS = ["video", "onset", "offset", "type", "score"]
 TYPE_COLORS = {"macro": "tab:blue", "micro": "tab:orange"}
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Save a matplotlib figure atomically, in the format of ``path``'s suffix (default png)."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
 
 
 def export_megc(pred: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
@@ -133,8 +115,7 @@ def plot_timeline(path: str | Path, video: str, gt: pd.DataFrame, pred: pd.DataF
                        "faint: below threshold; dashed: threshold")
     axes[0].set_title(title, fontsize=9)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def collect_training_curves(live_root: str | Path) -> pd.DataFrame:
@@ -201,8 +182,7 @@ def plot_training_curves(long: pd.DataFrame, path: str | Path, title: str) -> No
         ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def _fmt(x: float) -> str:

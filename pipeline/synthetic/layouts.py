@@ -31,8 +31,9 @@ import pandas as pd
 from openpyxl import Workbook
 
 from pipeline.errors import ConfigError
-from pipeline.synthetic.schedule import Event, Instance
+from pipeline.io.atomic import atomic_path, partial_path
 from pipeline.io.tables import write_table
+from pipeline.synthetic.schedule import Event, Instance
 
 #: Subject folder numbers of the real CAS(ME)^2 (participant i+1 -> s<number>), then 41, 42, ...
 CASME2_SUBJECT_NUMBERS = (15, 16, 19, 20, 21, 22, 23, 24, 25, 26, 27, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 40)
@@ -125,7 +126,7 @@ class FrameSink:
         self.layout = layout
         self.final = Path(root) / spec.rel_path
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex[:8]}.partial")
+        self.tmp = partial_path(self.final)
         self.spec = spec
         self.params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
         self.count = 0
@@ -207,8 +208,7 @@ def _save_workbook(wb: Workbook, path: Path) -> None:
     fixing them, identical content would change the dataset's DVC hash on every run and
     rerun every stage downstream.
     """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
+    with atomic_path(path) as tmp:
         wb.save(tmp)
         with zipfile.ZipFile(tmp) as src:
             entries = [(info.filename, src.read(info)) for info in src.infolist()]
@@ -219,9 +219,6 @@ def _save_workbook(wb: Workbook, path: Path) -> None:
                                   data)
                 dst.writestr(zipfile.ZipInfo(name, date_time=(2000, 1, 1, 0, 0, 0)), data,
                              compress_type=zipfile.ZIP_DEFLATED)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_casme2_xlsx(specs: Sequence[VideoSpec], path: Path) -> None:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 EXPRESSION_TYPES = ("macro", "micro")
 DISTRACTORS = ("blink", "turn", "jerk", "lighting")
+COUNT_MODELS = ("poisson", "rounded")  # events per video: Poisson, or the expected count stochastically rounded
 
 _EMOTION_RULES = (  # first match wins
     ("lip_corner_pull", "happiness"),
@@ -117,7 +118,7 @@ def _count(rate_per_min: float, minutes: float, model: str, rng: np.random.Gener
         return int(rng.poisson(mean))
     if model == "rounded":
         return int(np.floor(mean) + (rng.uniform() < mean - np.floor(mean)))
-    raise ConfigError(f"params.yaml: synth.count_model must be 'poisson' or 'rounded', got {model!r}.")
+    raise ConfigError(f"params.yaml: synth.count_model must be one of {', '.join(COUNT_MODELS)}, got {model!r}.")
 
 
 def _place(length: int, n_frames: int, taken: list[tuple[int, int]], gap: int, margin: int,

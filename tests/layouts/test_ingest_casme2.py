@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pandas as pd
 import pytest
-
+from helpers.params import assert_stage_refuses
 from helpers.datasets import casme2_dataset
+
 from pipeline.errors import InputError
 from pipeline.io.tables import read_annotations, read_frames, read_videos
 
@@ -141,3 +141,12 @@ def test_cli_exit_code_and_one_line_error(workspace, capsys):
     err = capsys.readouterr().err
     assert "ingest@c2: dataset root data/raw/missing" in err and "does not exist" in err
     assert "Traceback" not in err
+
+
+def test_params_are_checked_before_any_input_is_read(workspace):
+    workspace.preset("c2", root="data/raw/nothing_here", **PRESET)  # no dataset: the typo is what is reported
+    assert_stage_refuses(workspace, "ingest", "c2", [
+        ("decode_sampel", 5, r"ingest\.decode_sampel \(did you mean decode_sample\?\)"),
+        ("invalid_intervals", "ignore", r"ingest\.invalid_intervals = 'ignore' is not one of skip, error"),
+        ("include_unannotated", "yes", r"ingest\.include_unannotated = 'yes' is invalid"),
+    ])

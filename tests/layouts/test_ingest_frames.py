@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers.datasets import write_frames
+
 from pipeline.errors import InputError, StageFailed
 from pipeline.layouts.common import check_contiguous, frame_number, list_frames, sample_indices
 

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers.datasets import write_frames
+
 from pipeline.errors import InputError
 from pipeline.io.tables import read_annotations, read_frames, read_videos
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers.datasets import SAMM_HEADER, samm_dataset, write_samm_xlsx
+
 from pipeline.errors import InputError
 from pipeline.io.tables import read_annotations, read_frames, read_videos
 

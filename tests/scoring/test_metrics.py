@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.reference import REFERENCE_DIR
 
 from pipeline.scoring.metrics import (Counts, count_by_type, counts_by_group, evaluate, f1_score, interval_iou, match,
-                              safe_ratio)
-
-from conftest import REFERENCE_DIR  # noqa: E402
+                                      safe_ratio)
 
 REFERENCE = REFERENCE_DIR / "casme2_annotation_357.csv"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from pipeline.errors import ConfigError, InputError
 from pipeline.scoring.metrics import count_by_type, evaluate, match
 from pipeline.scoring.protocols import (Choice, apply_thresholds, build_cube, load_thresholds, save_thresholds,
-                                select_cross_fold, select_fixed, select_paper, selection_mask, threshold_grid)
+                                        select_cross_fold, select_fixed, select_paper, selection_mask, threshold_grid)
 
 SUBJECTS = ["s1", "s2", "s3", "s4", "s5"]
 
@@ -173,6 +174,11 @@ def test_thresholds_file_roundtrip_and_apply(tmp_path: Path) -> None:
     choice = Choice(7, {"macro": 0.42, "micro": 0.61})
     save_thresholds(tmp_path / "t.json", choice, {"dataset": "x"})
     assert load_thresholds(tmp_path / "t.json") == choice
+    assert json.loads((tmp_path / "t.json").read_text()) == {"thresholds": {"macro": 0.42, "micro": 0.61}, "epoch": 7,
+                                                            "dataset": "x"}
+    save_thresholds(tmp_path / "t.json", Choice(8, {"macro": 0.1, "micro": 0.2}), {})  # rewrite in place
+    assert load_thresholds(tmp_path / "t.json").epoch == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json"]  # no temporary file left behind
     pred = pd.DataFrame({"type": ["macro", "macro", "micro", "micro"], "score": [0.41, 0.42, 0.6, 0.7]})
     assert apply_thresholds(pred, choice.thresholds)["score"].tolist() == [0.42, 0.7]
     with pytest.raises(InputError, match="thresholds not found"):

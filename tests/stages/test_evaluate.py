@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.evaluate import main, natural_key
 from pipeline.core.stage import EXIT_USER_ERROR
+from pipeline.evaluate import main, natural_key
 
 REPO = Path(__file__).resolve().parents[2]
 SUBJECTS = {"A": "vA", "B": "vB", "C": "vC"}
@@ -151,3 +151,35 @@ def test_stage_without_predictions_file_says_what_to_run(tmp_path: Path, monkeyp
 
 def test_natural_subject_order() -> None:
     assert sorted(["s10", "s2", "s1"], key=natural_key) == ["s1", "s2", "s10"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"iou_treshold": 0.5}, "evaluate.iou_treshold (did you mean iou_threshold?)"),
+    ({"iou_threshold": 0.0}, "evaluate.iou_threshold = 0.0; use a value in (0, 1]"),
+    ({"iou_threshold": 1.5}, "evaluate.iou_threshold must be at most 1.0"),
+    ({"countings": ["one-to-one", "one-to-one"]}, "evaluate.countings = ['one-to-one', 'one-to-one']; list distinct"),
+    ({"protocols": ["honest"]}, "evaluate.protocols = ['honest']; list distinct values among cross-fold"),
+    ({"threshold_grid": {"min": 1, "max": 0, "num": 3}}, "evaluate.threshold_grid: need num >= 1 and max >= min"),
+    ({"timelines": 2.5}, "evaluate.timelines = 2.5 is invalid"),
+])
+def test_params_are_checked_before_any_input_is_read(tmp_path: Path, monkeypatch, capsys, change, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs" / "datasets").mkdir(parents=True)
+    (tmp_path / "configs" / "datasets" / "toy.yaml").write_text(yaml.safe_dump({"layout": "generic", "root": "x"}))
+    params = _params()
+    params["evaluate"].update(change)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["--dataset", "toy"]) == EXIT_USER_ERROR  # no tables at all: the params error comes first
+    err = capsys.readouterr().err
+    assert message in err and "table not found" not in err
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "data").exists()
+
+
+def test_params_defaults_and_derived_values() -> None:
+    from pipeline.scoring.params import EvaluateParams
+
+    p = EvaluateParams.from_params(_params()["evaluate"])
+    assert (p.default_counting, p.default_protocol) == ("one-to-one", "cross-fold")
+    assert len(p.grid) == 101 and p.grid[70] == 0.7
+    assert EvaluateParams.from_params({}) == EvaluateParams.from_params(
+        yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"])  # the defaults are params.yaml's

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
+from helpers.params import assert_stage_refuses
 from helpers.datasets import samm_dataset
+
 from pipeline.errors import ConfigError
-from pipeline.resample import kept_positions, remap_intervals, resample_tables
 from pipeline.io.tables import read_annotations, read_frames, read_videos
+from pipeline.resample import kept_positions, remap_intervals, resample_tables
 
 
 def published_200_to_30(n: int) -> list[int]:
@@ -122,3 +123,11 @@ def test_target_fps_from_params_when_preset_has_none(workspace):
     workspace.set_params("resample", target_fps=None)
     with pytest.raises(ConfigError, match="no target fps"):
         workspace.run("resample", "samm")
+
+
+def test_params_are_checked_before_any_input_is_read(workspace):
+    workspace.preset("samm", root="data/raw/samm", layout="samm", source_fps=200, target_fps=30)
+    assert_stage_refuses(workspace, "resample", "samm", [   # no ingest tables: the bad value is what is reported
+        ("target_fsp", 25, r"resample\.target_fsp \(did you mean target_fps\?\)"),
+        ("max_duration_s", "long", r"resample\.max_duration_s = 'long' is invalid"),
+    ])

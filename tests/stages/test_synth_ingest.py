@@ -6,12 +6,11 @@ import os
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.runner import ParallelParams
 from pipeline.errors import ConfigError
-from pipeline.core.runner import ParallelConfig
 from pipeline.io.tables import read_annotations, read_videos
 
 TINY = {"size": [224, 168], "n_subjects": 2, "videos_per_subject": 1, "count_model": "rounded",
@@ -101,7 +100,7 @@ def test_generation_is_deterministic_and_resumes(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     ds = dict(CASME2, name="sc", overrides={"synth": dict(TINY, duration_s=3.0)})
     p = stage_params(load_params(repo / "params.yaml"), "synth", ds)
-    seq = ParallelConfig(backend="sequential", n_jobs=1)
+    seq = ParallelParams(backend="sequential", n_jobs=1)
     generate(p, ds, tmp_path / "a", seq)
     generate(p, ds, tmp_path / "b", seq)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -136,3 +135,20 @@ def test_stage_cli_reports_bad_params(workspace, capsys):
 
     workspace.preset("bad", **dict(CASME2, overrides={"synth": {"format": "avi"}}))
     assert main(["--dataset", "bad"]) == 2
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"n_subject": 2}, r"synth\.n_subject \(did you mean n_subjects\?\)"),
+    ({"seed": 1.5}, r"synth\.seed = 1\.5 is invalid"),
+    ({"format": "avi"}, r"synth\.format = 'avi' is not one of frames, mp4"),
+    ({"size": [224]}, r"synth\.size = \[224\]; use \[width, height\]"),
+    ({"expressions": {"macro": {"rate_per_minute": 3}}},
+     r"synth\.expressions\.macro\.rate_per_minute \(did you mean rate_per_min\?\)"),
+    ({"distractors": {"blinks": {}}}, r"synth\.distractors\.blinks \(did you mean blink\?\)"),
+    ({"face": {"tones": [0.5, 1]}}, r"synth\.face\.tones \(did you mean tone\?\)"),
+])
+def test_params_are_checked_before_anything_is_written(workspace, override, match):
+    workspace.preset("bad", **dict(CASME2, synthetic=False, overrides={"synth": override}))
+    with pytest.raises(ConfigError, match=match):  # before the preset check, before any file
+        workspace.run("synth", "bad")
+    assert not (workspace.root / "data").exists()

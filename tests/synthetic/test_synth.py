@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import ConfigError
 from pipeline.core.params import load_dataset, load_params, stage_params
+from pipeline.errors import ConfigError
 from pipeline.synthetic.faces import base_portrait
 from pipeline.synthetic.motion import envelope, flow_pair, smooth_random_field, warp_by_field
 from pipeline.synthetic.schedule import sample_lengths, sample_schedule

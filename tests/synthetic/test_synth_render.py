@@ -12,7 +12,7 @@ import pytest
 from pipeline.core.params import load_dataset, load_params, stage_params
 from pipeline.synthetic.faces import FaceDetector, make_subject
 from pipeline.synthetic.render import VideoRenderer, render_sequence
-from pipeline.synthetic.schedule import Event, Instance, Schedule, sample_schedule
+from pipeline.synthetic.schedule import Event, Instance, sample_schedule
 
 REPO = Path(__file__).resolve().parents[2]
 
