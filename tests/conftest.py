@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,7 @@ if str(TESTS) not in sys.path:  # so that tests can import tests/helpers as `hel
     sys.path.insert(0, str(TESTS))
 
 from helpers.datasets import write_preset  # noqa: E402
-
-
-def _reference_dir() -> Path:
-    """``$M2ES_REFERENCE_DIR``, else ``../shared/reference/annotations`` beside the repository."""
-    if os.environ.get("M2ES_REFERENCE_DIR"):
-        return Path(os.environ["M2ES_REFERENCE_DIR"])
-    return REPO.parent / "shared" / "reference" / "annotations"
-
-
-REFERENCE_DIR = _reference_dir()
+from helpers.reference import REFERENCE_DIR  # noqa: E402
 
 
 class Workspace:

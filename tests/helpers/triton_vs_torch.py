@@ -1,7 +1,7 @@
 """Run under ``TRITON_INTERPRET=1``: the Triton TV-L1 kernel against the torch kernels on the CPU.
 
 Prints one JSON line per case: max / mean end-point difference between the two flows
-and the per-pair iteration counts of each. Used by ``tests/test_tvl1_triton.py`` (the
+and the per-pair iteration counts of each. Used by ``tests/tvl1/test_tvl1_triton.py`` (the
 interpreter must be switched on before Triton is imported, hence a separate process).
 """
 
