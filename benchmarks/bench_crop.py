@@ -61,11 +61,12 @@ import numpy as np
 from skimage import data
 
 from pipeline.io import jpeg_region
-from pipeline.crop import CropParams, crop_video, make_finder
+from pipeline.cropping.params import CropParams
+from pipeline.cropping.video import crop_video, make_finder
 from pipeline.io.decode import ImageFolderSource, region_decoder_agrees
 from pipeline.io.h5chunks import CODECS
 from pipeline.core.params import deep_merge, digest, load_params
-from pipeline.core.runner import ParallelConfig, VideoTask
+from pipeline.core.runner import ParallelParams, VideoTask
 from pipeline.synth import generate
 
 SCENARIOS = {
@@ -85,7 +86,7 @@ def synth_folder(folder: Path, n: int, shape: tuple[int, int], color: bool, layo
         "videos_per_subject": 1, "duration_s": n / SYNTH_FPS})
     dataset = {"name": f"bench_{layout}", "layout": layout, "frames_dir": "frames", "source_fps": SYNTH_FPS,
                "color": color}
-    (spec,) = generate(p, dataset, folder, ParallelConfig(backend="sequential"))
+    (spec,) = generate(p, dataset, folder, ParallelParams(backend="sequential"))
     video_dir = folder / spec.rel_path
     paths = sorted(video_dir.glob("*.jpg"), key=lambda q: int(q.stem.rsplit("_", 1)[-1]))
     if len(paths) != n:
@@ -165,7 +166,7 @@ def all_cores(paths: list[str], color: bool, folder: Path, params: dict, videos:
     from pipeline.core.runner import map_videos
 
     threads = int(params["threads"])
-    cfg = ParallelConfig(backend="loky", n_jobs=jobs)
+    cfg = ParallelParams(backend="loky", n_jobs=jobs)
 
     def stage_run() -> float:
         tasks = stage_tasks(paths, color, folder, params, videos)

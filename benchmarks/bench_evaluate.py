@@ -2,7 +2,7 @@
 
 Builds the stage's inputs at full scale from the real annotation table
 (``shared/reference/annotations``) as ``benchmarks/e2e.py`` does at the end of its run
-(:func:`benchmarks.e2e.target_evaluate_inputs`): the resampled videos, frames and intervals
+(:func:`benchmarks.e2e_targets.target_evaluate_inputs`): the resampled videos, frames and intervals
 of every video and random predictions, here at the density of the H100 end-to-end run
 (19,243 rows over 19,200 kept frames and 25 predicted epochs). Then times
 ``python -m pipeline.evaluate`` on them in a copy of the project (every output: metrics, F1
@@ -26,11 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.e2e import (TARGETS, Sampler, evaluate_preset, fixed_cost, reference_dir, run_stage,  # noqa: E402
-                            target_evaluate_inputs, write_evaluate_tables)
-from pipeline.evaluate import check_params, evaluate_predictions, natural_key  # noqa: E402
+from benchmarks.e2e_monitor import Sampler  # noqa: E402
+from benchmarks.e2e_run import fixed_cost, run_stage  # noqa: E402
+from benchmarks.e2e_targets import (TARGETS, evaluate_preset, reference_dir, target_evaluate_inputs,  # noqa: E402
+                                    write_evaluate_tables)
+from pipeline.evaluate import evaluate_predictions, natural_key  # noqa: E402
 from pipeline.core.params import load_params  # noqa: E402
 from pipeline.core.sandbox import make_project  # noqa: E402
+from pipeline.scoring.params import EvaluateParams  # noqa: E402
 
 DENSITY = 19_243 / 19_200 / 25  # predictions per kept frame and predicted epoch in the H100 end-to-end run
 EPOCHS = list(range(6, 31))     # the full recipe's 25 predicted epochs
@@ -49,9 +52,9 @@ def main() -> None:
                  "inputs": {"videos": len(videos), "subjects": int(videos["subject"].nunique()),
                             "kept_frames": int(videos["n_frames"].sum()), "intervals": len(inputs["annotations"]),
                             "predictions": len(inputs["predictions"]), "epochs": len(EPOCHS)}}
-    settings = check_params(load_params()["evaluate"])
+    settings = EvaluateParams.from_params(load_params()["evaluate"])
     subjects = sorted(set(videos["subject"].astype(str)), key=natural_key)
-    for counting in settings["countings"]:
+    for counting in settings.countings:
         t0 = time.perf_counter()
         evaluate_predictions(inputs["predictions"], inputs["annotations"], subjects, settings, counting)
         out[f"evaluate_predictions_{counting}_s"] = round(time.perf_counter() - t0, 2)

@@ -3,7 +3,7 @@
 Writes a few synthetic videos to a temporary folder as the stages write them (faces
 uint8 224x224x3 in 8-frame chunks with the crop stage's default compression, flow
 float16 in one-field chunks with the flow stage's default lzf), then runs
-:class:`pipeline.features.FeatureExtractor` fed by :class:`pipeline.features.PrefetchReader`
+:class:`pipeline.extract.extractor.FeatureExtractor` fed by :class:`pipeline.extract.reader.PrefetchReader`
 over that list repeated as many times as needed for ``--seconds`` of work:
 
 * ``plain``: fp32 (TF32 off), contiguous memory, batch ``--plain-batch``;
@@ -27,7 +27,7 @@ JSON goes to stdout and to ``--out``. ``--quick`` keeps the whole run under ~3 m
 
 ``--reader-only`` measures only the host-side reader (no model): frames/s (each frame
 with its flow field) of the old whole-dataset h5py read and of
-:class:`~pipeline.features.PrefetchReader` with 1, 2, ... chunk threads (pinned memory on
+:class:`~pipeline.extract.reader.PrefetchReader` with 1, 2, ... chunk threads (pinned memory on
 CUDA, as the stage runs there), on files in the page cache, so decoding, not the disk,
 is measured. The target is ~6,000 frames/s (3,000 clips/s per stream at stride 2).
 
@@ -54,10 +54,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.features import (FeatureConfig, FeatureExtractor, PrefetchReader, VideoFeatures,  # noqa: E402
-                               VideoInput, clip_count, probe_video, read_video, reader_pool)
-from pipeline.crop import CropParams  # noqa: E402
-from pipeline.flow import FlowConfig  # noqa: E402
+from pipeline.extract.extractor import FeatureExtractor, VideoFeatures  # noqa: E402
+from pipeline.extract.params import FeaturesParams  # noqa: E402
+from pipeline.extract.prepare import clip_count  # noqa: E402
+from pipeline.extract.reader import PrefetchReader, VideoInput, probe_video, read_video, reader_pool  # noqa: E402
+from pipeline.cropping.params import CropParams  # noqa: E402
+from pipeline.tvl1.params import FlowParams  # noqa: E402
 from benchmarks.jsonout import emit  # noqa: E402
 from pipeline.io.h5chunks import CODECS, ChunkCodec, decode_threads  # noqa: E402
 from pipeline.io.h5io import atomic_h5  # noqa: E402
@@ -139,13 +141,13 @@ def write_inputs(root: Path, n_videos: int, n_frames: int, size: int, faces_comp
     return out
 
 
-def make_config(path: str, args: argparse.Namespace) -> FeatureConfig:
+def make_config(path: str, args: argparse.Namespace) -> FeaturesParams:
     """The plain or fast feature config of this benchmark."""
     common = {"allow_random_init": True, "input_size": args.size, "device": args.device, "prefetch": 4}
     if path == "plain":
-        return FeatureConfig.from_params({**common, "precision": "fp32", "batch_size": args.plain_batch,
+        return FeaturesParams.from_params({**common, "precision": "fp32", "batch_size": args.plain_batch,
                                           "read_workers": args.read_workers})
-    return FeatureConfig.from_params({**common, "precision": "bf16", "channels_last": True, "fuse": True,
+    return FeaturesParams.from_params({**common, "precision": "bf16", "channels_last": True, "fuse": True,
                                       "space_to_depth": args.space_to_depth, "compile": args.compile,
                                       "batch_size": args.fast_batch, "read_workers": args.read_workers})
 
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         "stage's default; 8 processes were slower than one thread on the H200 host)")
     p.add_argument("--faces-compression", default=CropParams().compression, choices=CODECS,
                    help="faces files' codec (default: the crop stage's)")
-    p.add_argument("--flow-compression", default=FlowConfig().compression or "none",
+    p.add_argument("--flow-compression", default=FlowParams().compression or "none",
                    choices=["lzf", "gzip", "blosc-lz4", "none"], help="flow files' filter (default: the flow stage's)")
     p.add_argument("--reader-only", action="store_true", help="measure only the host-side reader (no model)")
     p.add_argument("--reader-threads", default=None,

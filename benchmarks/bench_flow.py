@@ -29,6 +29,7 @@ No figure here is asserted by any test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -43,7 +44,8 @@ import numpy as np
 import torch
 
 from pipeline.synthetic.flow_truth import endpoint_error, warped_pair
-from pipeline.tvl1.opencv import TVL1Params, create_opencv_tvl1, opencv_remap_subpixel
+from pipeline.tvl1.opencv import create_opencv_tvl1, opencv_remap_subpixel
+from pipeline.tvl1.params import TVL1Params
 from pipeline.tvl1.solver import SolveStats, TorchTVL1
 
 log = logging.getLogger("bench_flow")
@@ -70,7 +72,7 @@ def _ocv_worker(args: tuple[np.ndarray, np.ndarray, dict[str, Any]]) -> np.ndarr
 
 def bench_opencv(i0: np.ndarray, i1: np.ndarray, params: TVL1Params, procs: int) -> tuple[float, np.ndarray]:
     """(pairs/s, flows) with ``procs`` single-threaded processes (1: in this process)."""
-    kw = {f: getattr(params, f) for f in params.__dataclass_fields__}
+    kw = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
     if procs == 1:
         t = time.perf_counter()
         flows = _ocv_worker((i0, i1, kw))

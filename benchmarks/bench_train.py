@@ -27,10 +27,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.jsonout import emit  # noqa: E402
-from models.iaenet import build_model, count_parameters, load_model_preset, resolve_preset  # noqa: E402
+from models.iaenet import build_model, count_parameters  # noqa: E402
 from pipeline.core.device import resolve_device  # noqa: E402
+from pipeline.learning.data import Prepared, prepare  # noqa: E402
+from pipeline.learning.loop import train_model  # noqa: E402
 from pipeline.learning.postprocess import predictions_from_outputs  # noqa: E402
-from pipeline.train import Prepared, TrainConfig, fold_seed, prepare, train_model  # noqa: E402
+from pipeline.learning.presets import load_model_preset, resolve_preset  # noqa: E402
+from pipeline.learning.recipe import TrainRecipe, fold_seed  # noqa: E402
 from pipeline.learning.step import StepTensors, TrainStep  # noqa: E402
 
 log = logging.getLogger("bench_train")
@@ -77,7 +80,7 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_time(prep: Prepared, preset: dict, cfg: TrainConfig, graph: bool, reps: int = 20) -> tuple[float, int]:
+def step_time(prep: Prepared, preset: dict, cfg: TrainRecipe, graph: bool, reps: int = 20) -> tuple[float, int]:
     """(mean seconds, operators dispatched) of one training step (gather, forward, loss, backward,
     AdamW) of a fresh model on the first batch of training windows: eager, or replayed as a CUDA
     graph (``graph``: the host dispatches only the batch's copies into the graph's buffers)."""
@@ -100,7 +103,7 @@ def step_time(prep: Prepared, preset: dict, cfg: TrainConfig, graph: bool, reps:
     return (time.perf_counter() - t) / reps, counter.count
 
 
-def run_loso(prep: Prepared, preset: dict, cfg: TrainConfig, folds: list[str], final: bool) -> dict:
+def run_loso(prep: Prepared, preset: dict, cfg: TrainRecipe, folds: list[str], final: bool) -> dict:
     """Train ``folds`` (and the final model) as the train stage does; wall seconds and predictions."""
     device = prep.bank.data.device
     per_fold, n_preds = {}, 0
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.warmup_epochs is None and args.epochs is not None and args.epochs <= 5:
         params["warmup_epochs"] = max(0, args.epochs - 2)
     preset = resolve_preset(load_model_preset(args.preset), params)
-    cfg = TrainConfig.from_preset(preset, params)
+    cfg = TrainRecipe.from_preset(preset, params)
 
     t0 = time.perf_counter()
     feats, ann, subj = synthetic_dataset(args.subjects, args.videos, args.steps, args.width, args.macro, args.micro)

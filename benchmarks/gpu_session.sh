@@ -87,8 +87,8 @@ cat "$OUT/env.txt"
 # libjpeg-turbo's headers, else the cp312 build carried in .jr312/ (built on the CPU machine with
 # RUNPATH $ORIGIN, beside the libjpeg.so.62 it links); without either the crop stage decodes whole frames
 python3 -c "import pipeline.io._jpeg_region" 2>/dev/null || python3 setup.py -q build_ext --inplace >/dev/null 2>&1
-python3 -c "import pipeline.io._jpeg_region" 2>/dev/null || { [ -d .jr312 ] && cp .jr312/* pipeline/; }
-python3 -c "from pipeline import jpeg_region as j; print('jpeg region decoder:', j.libjpeg_version())" 2>&1 \
+python3 -c "import pipeline.io._jpeg_region" 2>/dev/null || { [ -d .jr312 ] && cp .jr312/* pipeline/io/; }
+python3 -c "from pipeline.io import jpeg_region as j; print('jpeg region decoder:', j.libjpeg_version())" 2>&1 \
   | tail -n 1 | tee -a "$OUT/env.txt"
 STEPS=${STEPS:-"flow tests features profile"}
 for s in $STEPS; do
@@ -108,8 +108,8 @@ for s in $STEPS; do
     # steps and then with each model's step replayed as a CUDA graph (train.cuda_graphs), on the same windows
     train) step train_bench "$T_TRAIN" python3 benchmarks/bench_train.py --precision bf16 --folds 4 --no-final \
              --cuda-graphs both --out "$OUT/bench_train.json" ;;
-    tests) step gpu_tests "$T_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests/test_tvl1_triton.py \
-             tests/test_features.py tests/test_train_step.py tests/test_iaenet.py} ;;
+    tests) step gpu_tests "$T_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider ${TEST_FILES:-tests/tvl1/test_tvl1_triton.py \
+             tests/stages/test_features.py tests/learning/test_train_step.py tests/models/test_iaenet.py} ;;
     # every stage at a fraction of CAS(ME)^2 (16 videos x 40 s = 19.2k frames at 640x480), extrapolated
     # e2e_overlap: the same with crop and flow at once (pipeline.overlap), then the stages as usual
     e2e|e2e_overlap) landmarks || continue
