@@ -27,7 +27,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.core.paths import metrics_path
 from pipeline.core.stage import StageContext, stage_main
 from pipeline.io.artifacts import read_ground_truth, read_predictions
 from pipeline.io.atomic import write_json, write_text
@@ -200,7 +199,7 @@ def run(ctx: StageContext) -> None:
 
     out = paths.evaluate
     out.mkdir(parents=True, exist_ok=True)
-    write_json(metrics_path(ctx.name), doc)
+    write_json(ctx.paths.metrics, doc)
     save_thresholds(out / "thresholds.json", head.all_subjects[0], {
         "dataset": ctx.name, "counting": default_counting, "iou_threshold": settings.iou_threshold,
         "selected_on": "all subjects' out-of-fold predictions (maximising overall F1)",
@@ -218,7 +217,7 @@ def run(ctx: StageContext) -> None:
         log.warning("%s: no dvclive logs; training_curves.csv/png are empty.", paths.runs / "live")
     summary = report.summary_markdown(doc, per_subject, column_prefix(default_protocol))
     write_text(out / "summary.md", summary)
-    log.info("evaluate@%s: wrote %s, %s (%d timelines)\n%s", ctx.name, metrics_path(ctx.name), out, len(drawn),
+    log.info("evaluate@%s: wrote %s, %s (%d timelines)\n%s", ctx.name, ctx.paths.metrics, out, len(drawn),
              summary)
 
 

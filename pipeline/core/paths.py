@@ -45,11 +45,16 @@ class DataPaths:
     def evaluate(self) -> Path:
         return self.base / "evaluate"
 
+    @property
+    def metrics(self) -> Path:
+        """The dataset's metrics file: ``metrics/<name>.json`` beside the default ``data/`` (what
+        dvc.yaml declares), else ``<root>/metrics/<name>.json``, so a run with another data root
+        (``--data-root DIR``) writes nothing outside ``DIR``."""
+        if Path(self.root).resolve() == Path("data").resolve():
+            return Path("metrics") / f"{self.name}.json"
+        return Path(self.root) / "metrics" / f"{self.name}.json"
+
     def h5(self, stage_dir: Path, video: str) -> Path:
         """The per-video HDF5 file of a stage directory (``faces``, ``flow``, ``features``)."""
         return Path(stage_dir) / f"{video}.h5"
 
-
-def metrics_path(name: str) -> Path:
-    """The DVC metrics file of dataset ``name``."""
-    return Path("metrics") / f"{name}.json"

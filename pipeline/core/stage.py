@@ -76,7 +76,8 @@ def stage_parser(stage: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=f"m2es stage '{stage}'.")
     p.add_argument("--dataset", required=True, help="dataset preset name (configs/datasets/<name>.yaml)")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--data-root", default="data", help="where stage outputs go (default: data)")
+    p.add_argument("--data-root", default="data", help="where stage outputs go (default: data); "
+                   "evaluate's metrics then go to DATA_ROOT/metrics/ instead of metrics/")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed video")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

@@ -183,3 +183,13 @@ def test_params_defaults_and_derived_values() -> None:
     assert len(p.grid) == 101 and p.grid[70] == 0.7
     assert EvaluateParams.from_params({}) == EvaluateParams.from_params(
         yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"])  # the defaults are params.yaml's
+
+
+def test_another_data_root_keeps_the_metrics_inside_it(tmp_path: Path, monkeypatch) -> None:
+    """``--data-root DIR`` writes the metrics file under DIR, never into the repository's ``metrics/``."""
+    monkeypatch.chdir(tmp_path)
+    _make_dataset(tmp_path)
+    (tmp_path / "data").rename(tmp_path / "elsewhere")
+    assert main(["--dataset", "toy", "--data-root", "elsewhere"]) == 0
+    assert json.loads((tmp_path / "elsewhere" / "metrics" / "toy.json").read_text())["dataset"] == "toy"
+    assert not (tmp_path / "metrics").exists()
