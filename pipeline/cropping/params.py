@@ -15,6 +15,10 @@ VERSION = 1  # bump when the output of the same params and inputs changes
 # params that change how frames are decoded, not the crops (the tests compare them byte for byte),
 # added after outputs existed: left out of the digest, so complete outputs stay valid either way
 NOT_IN_DIGEST = ("region_decode",)
+#: Keys ``m2es spot`` takes from the user's params over the model's recipe: how unreadable frames
+#: are treated, and speed and storage. Never what decides the pixels the model was trained on.
+INPUT_HANDLING = ("on_bad_frame", "max_repeat_fraction", "min_frames", "threads", "batch", "region_decode",
+                  "compression", "compression_level", "chunk_frames", "models_dir")
 
 MODES = ("fixed", "track")
 PADS = ("constant", "replicate")

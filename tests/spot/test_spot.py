@@ -386,3 +386,25 @@ def test_a_model_of_another_backbone_or_weights_is_refused_with_what_to_pass(tra
     not_a_model.parent.mkdir()
     not_a_model.write_text("hello")
     assert spot(trained.mp4, "--model", not_a_model, "--out", tmp_path / "out") == 4
+
+
+def test_a_truncated_frame_is_repeated_when_the_params_file_says_so(trained, tmp_path, capsys):
+    """The error for a truncated JPEG suggests ``crop.on_bad_frame: repeat``; given through ``--params``
+    it is used (the model's recipe decides the pixels, the user how unreadable frames are treated)."""
+    frames = decode_all(trained.mp4)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"img_{i + 1:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    bad = folder / "img_00100.jpg"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 3])
+    out = tmp_path / "out"
+    assert spot(folder, "--model", trained.runs, "--out", out, "--fps", 30) == 2
+    err = capsys.readouterr().err
+    assert "img_00100.jpg" in err and "on_bad_frame: repeat" in err
+    params = tmp_path / "repeat.yaml"
+    params.write_text(yaml.safe_dump({"crop": {"on_bad_frame": "repeat"}}))
+    assert spot(folder, "--model", trained.runs, "--out", out, "--fps", 30, "--params", params) == 0
+    _, doc = read_out(out / "frames")
+    with h5py.File(cache_files(doc)["faces"]) as f:
+        assert list(f.attrs["repeated_frames"]) == [99]          # 0-based position of img_00100.jpg
