@@ -36,7 +36,7 @@ window passes (:func:`benchmarks.train_cost.window_passes`), at the target from 
 (``--reference-dir``), where the evaluate stage also runs once at each target's scale (its time
 grows with predictions x subjects and is mostly start-up in a small run:
 :func:`benchmarks.e2e_targets.evaluate_at_targets`); the seconds each model trained come from the
-train stage's timing records (``runs/timings.jsonl``, kept per train run beside its log as
+train stage's timing records (``data/<ds>/train_timings.jsonl``, kept per train run beside its log as
 ``<log>_timings.jsonl``). ``--refit`` redoes the calibration and extrapolation of an earlier run's
 JSON from its logs folder and its regenerated dataset (:func:`benchmarks.e2e_refit.refit`).
 

@@ -28,7 +28,7 @@ EXTRAPOLATION_RULE = (
     "through two runs of it, the whole run and the same stage with one video's output (train: one fold's) "
     "removed, i.e. fixed_s + s_per_unit x units, where fixed_s holds every start-up cost; for train the line "
     "is fixed_s + warmup_s + s_per_model x models + s_per_unit x window passes, where s_per_unit is the seconds "
-    "the stage records (runs/timings.jsonl) inside each model's training per window pass over every model but "
+    "the stage records (data/<ds>/train_timings.jsonl) inside each model's training per window pass over every model but "
     "the first, warmup_s what "
     "the first model took beyond that (CUDA and cuDNN start-up), s_per_model the per-model overhead outside "
     "training (models at the target: its subjects + the final model); with train.fold_workers = n > 1 the models "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.train_cost import model_seconds
+from pipeline.core.paths import DataPaths
 from pipeline.learning.timings import TIMINGS_FILE, read_timings
 
 STAGE_UNITS: dict[str, tuple[str, str]] = {   # stage: (measured quantity, throughput name)
@@ -101,13 +102,13 @@ def run_window_passes(project: Path, dataset: str) -> dict[str, int]:
 
 
 # the train stage's timing records (pipeline.learning.timings): one JSON object per trained model
-# ({"model": "fold_<subject>" | "final", "windows", "seconds", "device", "final_loss", "pid"}) in runs/timings.jsonl;
+# ({"model": "fold_<subject>" | "final", "windows", "seconds", "device", "final_loss", "pid"}) in data/<ds>/train_timings.jsonl;
 # run_stage keeps each train run's own records beside its log as <log name>_timings.jsonl
 
 
 def timings_path(project: Path, dataset: str) -> Path:
     """The train stage's timing records file in the project copy."""
-    return project / "data" / dataset / "runs" / TIMINGS_FILE
+    return DataPaths(dataset, project / "data").train_timings
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

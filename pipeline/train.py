@@ -11,9 +11,10 @@ annotations), and writes under ``data/<ds>/runs/``:
   fold, epoch, onset, offset, type, score for every epoch from the end of warm-up
   (``epoch`` counts epochs trained, 1-based);
 * ``live/<fold>/``: dvclive logs per epoch (train/loss, train/cls, train/reg, lr);
-* ``timings.jsonl``: one JSON record per model this run trained (model, windows, seconds,
-  device, final_loss, pid), begun afresh at the start of every run
-  (:mod:`pipeline.learning.timings`).
+and, outside ``runs/`` (times differ on every run; no DVC output's hash may change with them),
+``data/<ds>/train_timings.jsonl``: one JSON record per model this run trained (model, windows,
+seconds, device, final_loss, pid), begun afresh at the start of every run
+(:mod:`pipeline.learning.timings`).
 
 Speed: every video's features live on the device as one tensor and every window is a
 row of indices into it; labels of all training windows are assigned once. A fold's
@@ -52,7 +53,7 @@ from pipeline.learning.data import load_inputs, prepare
 from pipeline.learning.folds import FoldJob, model_name, train_folds, train_in_processes
 from pipeline.learning.params import TrainParams
 from pipeline.learning.recipe import VERSION, model_recipe
-from pipeline.learning.timings import TIMINGS_FILE, start_timings
+from pipeline.learning.timings import start_timings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def run(ctx: StageContext) -> None:
     job = FoldJob(ctx=ctx, preset=preset, cfg=cfg, seed=p.seed, run_id=run_id, provenance=provenance,
                   ckpt_params=_checkpoint_params(ctx, section, p.seed), device=str(device))
     preds_of, todo = _completed(runs, folds + (["final"] if p.final_model else []), run_id)
-    start_timings(runs / TIMINGS_FILE)
+    start_timings(ctx.paths.train_timings)
     if p.workers == 1 or len(todo) <= 1:
         if todo:
             preds_of.update(train_folds(prepare(features, annotations, subjects, preset, device), job, todo,

@@ -54,6 +54,12 @@ class DataPaths:
             return Path("metrics") / f"{self.name}.json"
         return Path(self.root) / "metrics" / f"{self.name}.json"
 
+    @property
+    def train_timings(self) -> Path:
+        """The train stage's timing records (``pipeline.learning.timings``): beside the stage
+        folders, in no DVC output, so that times, which differ on every run, change no output's hash."""
+        return self.base / "train_timings.jsonl"
+
     def h5(self, stage_dir: Path, video: str) -> Path:
         """The per-video HDF5 file of a stage directory (``faces``, ``flow``, ``features``)."""
         return Path(stage_dir) / f"{video}.h5"

@@ -7,5 +7,5 @@
 * ``data``: the stage's inputs read and put on the device;
 * ``step``, ``loop``: one training step (eager or a CUDA graph); the loop of one model;
 * ``folds``: one fold, folds in one process, groups of folds in several;
-* ``timings``: the per-model timing records (``runs/timings.jsonl``).
+* ``timings``: the per-model timing records (``data/<ds>/train_timings.jsonl``).
 """

@@ -1,4 +1,6 @@
-"""Timing records of the train stage: one JSON object per trained model, in ``<runs>/timings.jsonl``.
+"""Timing records of the train stage: one JSON object per trained model, in
+``data/<ds>/train_timings.jsonl`` (:attr:`pipeline.core.paths.DataPaths.train_timings`: outside the
+``runs`` output, whose DVC hash must not change with the time a run took).
 
 Each record is ``{"model": "fold_<subject>" | "final", "windows": training windows,
 "seconds": training time, "device": str, "final_loss": last epoch's mean loss, "pid": the
@@ -17,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-#: the records' file name, under the dataset's runs folder
+#: the suffix benchmarks give the records they keep of each run (``<log name>_timings.jsonl``)
 TIMINGS_FILE = "timings.jsonl"
 #: the keys of every record
 TIMING_KEYS = ("model", "windows", "seconds", "device", "final_loss", "pid")

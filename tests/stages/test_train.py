@@ -111,7 +111,8 @@ def test_window_passes_count_the_windows_each_model_trains_and_predicts(workspac
     passes = loso_window_passes({v: len(f) for v, f in features.items()}, annotations, subjects, preset, cfg)
     assert set(passes) == {"fold_s1", "fold_s2", "fold_s3", "final"}
     prep = prepare(features, annotations, subjects, preset)
-    recorded = {r["model"]: r["windows"] for r in read_timings(workspace.out("tiny", "runs") / "timings.jsonl")}
+    recorded = {r["model"]: r["windows"]
+                for r in read_timings(workspace.root / "data" / "tiny" / "train_timings.jsonl")}
     for fold in ("s1", "s2", "s3"):
         n_train = int((prep.train_subject != fold).sum())
         n_test = int((prep.test_subject == fold).sum())
@@ -126,11 +127,13 @@ def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="pipeline"):
         workspace.run("train", "tiny")
     runs = workspace.out("tiny", "runs")
-    # one timing record per model (benchmarks/ reads the seconds back), and the human line too
-    records = read_timings(runs / "timings.jsonl")
+    timings = workspace.root / "data" / "tiny" / "train_timings.jsonl"
+    # one timing record per model (benchmarks/ reads the seconds back), outside the runs output, and the log line
+    assert not (runs / "timings.jsonl").exists()
+    records = read_timings(timings)
     assert [r["model"] for r in records] == ["fold_s1", "fold_s2", "fold_s3", "final"]
     assert all(set(r) == set(TIMING_KEYS) and r["device"] == "cpu" and r["windows"] > 0 for r in records)
-    compute = model_seconds(runs / "timings.jsonl")
+    compute = model_seconds(timings)
     assert set(compute) == {"fold_s1", "fold_s2", "fold_s3", "final"} and all(v >= 0 for v in compute.values())
     for r in records:
         assert f"{r['model']}: {r['windows']} training windows, " in caplog.text
@@ -162,14 +165,14 @@ def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     mtime = (runs / "fold_s2" / "model.pt").stat().st_mtime_ns
     workspace.run("train", "tiny")
     assert (runs / "fold_s2" / "model.pt").stat().st_mtime_ns == mtime
-    assert read_timings(runs / "timings.jsonl") == []                 # begun afresh: this run trained nothing
+    assert read_timings(timings) == []                 # begun afresh: this run trained nothing
     full = preds[preds.fold == "s3"].reset_index(drop=True)
     workspace.set_params("train", folds=["s3"], final_model=False)
     workspace.params["train"]["eval_batch_size"] = 7                  # changes the digest: fold s3 retrains
     workspace.save_params()
     workspace.run("train", "tiny")
     alone = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
-    assert [r["model"] for r in read_timings(runs / "timings.jsonl")] == ["fold_s3"]
+    assert [r["model"] for r in read_timings(timings)] == ["fold_s3"]
     assert set(alone.fold) == {"s3"}
     pd.testing.assert_frame_equal(alone.reset_index(drop=True), full, check_exact=False, rtol=1e-5)
 
@@ -252,7 +255,7 @@ def test_fold_processes_append_a_record_per_model(workspace, one_thread) -> None
     workspace.set_params("train", epochs=2, warmup_epochs=1, fold_workers=2)
     workspace.set_params("parallel", backend="loky", n_jobs=2)
     workspace.run("train", "tiny")
-    records = read_timings(workspace.out("tiny", "runs") / "timings.jsonl")
+    records = read_timings(workspace.root / "data" / "tiny" / "train_timings.jsonl")
     assert sorted(r["model"] for r in records) == ["final", "fold_s1", "fold_s2", "fold_s3"]
     by_pid: dict[int, list[str]] = {}
     for r in records:
