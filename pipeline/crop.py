@@ -8,8 +8,9 @@ and writes ``data/<ds>/faces/<video>.h5`` (one per video, by :func:`pipeline.cro
   HDF5 filter (32001) with bit-shuffle and LZ4 (see :mod:`pipeline.io.h5chunks`);
 * ``boxes`` int32 [T, 4] the crop box of each frame [x0, y0, x1, y1) in pixels of the
   reference frame's full size; ``source_frames`` int64 [T] the dataset's frame numbers;
-* attrs: video, subject, fps, size, channels, detector, mode, box, landmarks (the
-  reference frame's 68 points), reference_frame, reference_source_frame, frame_shape,
+* attrs: video, subject, fps, source (as videos.csv holds it: no path of this machine), size,
+  channels, detector, mode, box, landmarks (the reference frame's 68 points), reference_frame,
+  reference_source_frame, frame_shape,
   decode_reduction, outside_fraction, mixed_size_frames, repeated_frames,
   track_keyframes, short, plus ``m2es_params`` (the crop params) and ``m2es_digest``.
 
@@ -67,6 +68,7 @@ def build_tasks(videos: pd.DataFrame, frames: pd.DataFrame, out_dir: Path,
         payload = {
             "params": values, "subject": row["subject"], "fps": row["fps"], "kind": str(row["kind"]),
             "source": resolve(str(row["source"])), "color": int(row["color"]),
+            "source_in_table": str(row["source"]),   # what the faces file records: no path of this machine
             "positions": [r[0] for r in rows], "source_frames": [r[1] for r in rows],
             "paths": [resolve(r[2]) for r in rows],
         }

@@ -161,7 +161,7 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
         write_attrs(f, {
             "video": video, "subject": str(pl["subject"]), "fps": float(pl["fps"]), "size": p.size,
             "channels": channels, "detector": finder.describe(), "mode": p.mode,
-            "source": str(pl["source"]), "kind": pl["kind"],
+            "source": str(pl.get("source_in_table", pl["source"])), "kind": pl["kind"],
             "box": [int(v) for v in ref_box], "reference_frame": ref.position,
             "reference_source_frame": source_frames[ref.position], "reference_faces": ref.n_faces,
             "reference_score": ref.detection.score, "frame_shape": [int(v) for v in ref.shape],

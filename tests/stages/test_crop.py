@@ -457,3 +457,15 @@ def test_digest_is_unchanged_and_params_object_or_section_give_the_same_tasks() 
     assert a.payload == b.payload
     with pytest.raises(ConfigError, match="did you mean size"):
         build_tasks(vdf, fdf, Path("out"), {"sise": 1})
+
+
+def test_faces_files_record_the_tables_relative_source_not_a_path_of_this_machine(tmp_path: Path) -> None:
+    """Paths in the tables are relative to the repository root: the faces file records them as they are,
+    so the same inputs give the same file (and the same DVC hash) in any clone."""
+    paths = write_frames(tmp_path / "raw" / "v1", [render(noise=3, seed=i) for i in range(10)])
+    vdf, fdf = tables({"v1": {"paths": [str(Path(p).relative_to(tmp_path)) for p in paths]}})
+    tasks = build_tasks(vdf, fdf, tmp_path / "faces", BASE, root=tmp_path)
+    assert tasks[0].payload["source"] == str(tmp_path / "raw" / "v1")           # opened where it is
+    map_videos(crop_video, tasks, stage="crop", parallel=SEQ)
+    with h5py.File(tmp_path / "faces" / "v1.h5") as f:
+        assert f.attrs["source"] == "raw/v1"                                     # recorded as the table holds it
