@@ -28,6 +28,10 @@ file's fsync) does not leave the device idle. Fast-path options (``precision: bf
 ``channels_last``, ``fuse``, ``space_to_depth``, ``compile``) are checked against the
 plain fp32 path in tests.
 
+``backbone: roi_flow`` replaces both networks by landmark-region flow statistics on the same
+clip grid (:mod:`pipeline.extract.roi_flow`: no weights, CPU, reads the flow and the faces
+files' reference landmarks only).
+
 A video with fewer than ``clip + 1`` frames has no clip: it gets no features file and a
 row in ``data/<ds>/features/skipped.csv`` (video, n_frames, reason), which later stages
 read to know it was left out on purpose.
@@ -52,9 +56,10 @@ from pipeline.core.runner import Outcomes, VideoTask, run_batched
 from pipeline.core.stage import StageContext, stage_main
 from pipeline.errors import M2esError, StageFailed
 from pipeline.extract.extractor import FeatureExtractor
-from pipeline.extract.params import STREAMS, FeaturesParams
+from pipeline.extract.params import ROI_FLOW, STREAMS, FeaturesParams
 from pipeline.extract.prepare import clip_count
 from pipeline.extract.reader import Failed, PrefetchReader, VideoProbe, probe_video
+from pipeline.extract.roi_flow import RoiFlowExtractor
 from pipeline.extract.writer import too_short, video_digest, weights_identity, write_features, write_skipped
 from pipeline.io.h5io import remove_partials, remove_stale
 from pipeline.io.tables import read_videos
@@ -99,7 +104,7 @@ def _extract(todo: list[VideoTask], out: Outcomes, cfg: FeaturesParams, bad_inpu
         out.failed(video, reason)
     if out.stopped:
         return
-    extractor = FeatureExtractor(cfg)
+    extractor = RoiFlowExtractor(cfg) if cfg.backbone == ROI_FLOW else FeatureExtractor(cfg)
     provenance = extractor.provenance()
     by_video = {t.video: t for t in todo}
     n_clips = sum(clip_count(t.payload["probe"].n_frames, cfg.clip, cfg.stride) for t in todo)

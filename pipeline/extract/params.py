@@ -3,6 +3,12 @@
 ``VERSION`` and :meth:`FeaturesParams.identity` (the params less :attr:`~FeaturesParams.OPERATIONAL`
 ones, and the :attr:`~FeaturesParams.LATER` ones at their default) enter every features
 file's ``m2es_digest`` (:func:`pipeline.extract.writer.video_digest`).
+
+``backbone`` is a network of :data:`models.weights.BACKBONES` (``i3d``, ``i3d_r50``) or
+:data:`ROI_FLOW`, the weight-free landmark-region flow baseline (:mod:`pipeline.extract.roi_flow`),
+whose knobs are the nested ``roi`` mapping (:class:`RoiParams`). The ``roi`` knobs and
+:data:`ROI_VERSION` enter the digest of roi_flow features only: the identity of i3d
+features is what it was before roi_flow existed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,30 @@ from pipeline.errors import ConfigError
 VERSION = 1  # bump when the features of the same params and inputs change
 STREAMS: tuple[str, ...] = ("rgb", "flow")
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+ROI_FLOW = "roi_flow"  # the weight-free backbone: landmark-region flow statistics (pipeline.extract.roi_flow)
+ROI_VERSION = 1  # bump when roi_flow features of the same params and inputs change (enters their digest)
+NO_WEIGHTS = "none"  # the weights identity of both streams of roi_flow features (it loads no weights)
+HEAD_MOTIONS: tuple[str, ...] = ("similarity", "affine", "nose", "none")
+
+
+@dataclass(frozen=True)
+class RoiParams(Section):
+    """The nested ``features.roi`` mapping: the knobs of backbone roi_flow (see params.yaml's comments).
+
+    ``reference_pairs``: flow fields summed into the sliding reference (the accumulated
+    displacement at field t is the head-free flow of fields t - reference_pairs + 1 .. t);
+    ``region_scale`` / ``rigid_scale``: radius of an expression region / of a rigid anchor,
+    x the inter-ocular distance; ``head_motion``: what is removed from every field first
+    (``similarity`` or ``affine`` fitted to the rigid anchors, ``nose``: the nose bridge's
+    mean flow, ``none``).
+    """
+
+    SECTION = "features.roi"
+
+    reference_pairs: int = knob(12, min=1, max=1000)
+    region_scale: float = knob(0.25, min=0.02, max=2.0)
+    rigid_scale: float = knob(0.1, min=0.02, max=1.0)
+    head_motion: str = knob("similarity", choices=HEAD_MOTIONS)
 
 
 def _stream_weights(weights: Any) -> dict[str, str | None]:
@@ -33,11 +63,15 @@ class FeaturesParams(Section):
     ``weights`` is the nested ``weights: {rgb, flow}`` mapping (paths or null); after
     construction it always holds both streams (:meth:`weights_path`, :attr:`weights_rgb`,
     :attr:`weights_flow` read it).
+
+    Backbone roi_flow reads ``clip``, ``stride``, ``roi`` and the reader's knobs only; the
+    network knobs (weights, input size, precision, fuse, ...) are accepted and ignored, so a
+    dataset preset tuned for i3d runs roi_flow unchanged.
     """
 
     SECTION = "features"
 
-    backbone: str = knob("i3d", choices=BACKBONES)
+    backbone: str = knob("i3d", choices=(*BACKBONES, ROI_FLOW))
     weights: dict[str, Any] | None = knob({"rgb": None, "flow": None})
     allow_random_init: bool = knob(False)
     seed: int = knob(0)
@@ -57,6 +91,7 @@ class FeaturesParams(Section):
     prefetch: int = knob(2, min=1)
     read_threads: int = knob(0, min=0)
     read_workers: int = knob(0, min=0)
+    roi: dict[str, Any] | None = knob({})  # backbone roi_flow's knobs (RoiParams); checked for every backbone
 
     # Keys that change how fast, not what: left out of the per-video digest.
     # Weights enter the digest by their SHA-256 (pipeline.extract.writer.weights_identity), not their path.
@@ -75,10 +110,16 @@ class FeaturesParams(Section):
             raise ConfigError(f"{where}.weights must be a mapping with keys rgb and flow (paths or null).")
         if self.flow_bound <= 0:
             raise ConfigError(f"{where}.flow_bound must be positive, got {self.flow_bound}.")
-        if self.fuse and self.backbone != "i3d":
+        if self.fuse and self.backbone not in ("i3d", ROI_FLOW):  # roi_flow ignores every network knob
             raise ConfigError(f"{where}.fuse applies to backbone i3d only; set fuse: false for {self.backbone}.")
         if self.space_to_depth and not self.fuse:
             raise ConfigError(f"{where}.space_to_depth rewrites the fused i3d model's stem; set fuse: true too.")
+        RoiParams.from_params(self.roi, where=f"{where}.roi")  # unknown keys and bad values refused
+
+    @property
+    def roi_params(self) -> RoiParams:
+        """The ``roi`` mapping as :class:`RoiParams` (defaults filled in)."""
+        return RoiParams.from_params(self.roi)
 
     def weights_path(self, stream: str) -> str | None:
         """The weights path of ``stream`` (None: not set)."""
@@ -95,6 +136,15 @@ class FeaturesParams(Section):
         return self.weights_path("flow")
 
     def identity(self) -> dict[str, Any]:
-        """The params that determine the features' values (what the per-video digest hashes)."""
+        """The params that determine the features' values (what the per-video digest hashes).
+
+        For the networks: every key but the operational ones (and ``roi``, which they do
+        not read), the LATER ones only when set. For roi_flow: ``backbone``, ``clip``,
+        ``stride`` and the whole ``roi`` mapping, defaults filled in. Either is a valid
+        ``features`` section (stored as the files' ``m2es_params``, which ``m2es spot`` reads back).
+        """
+        if self.backbone == ROI_FLOW:
+            return {"backbone": self.backbone, "clip": self.clip, "stride": self.stride,
+                    "roi": self.roi_params.as_params()}
         return {k: v for k, v in self.__dict__.items()
-                if k not in self.OPERATIONAL and not (k in self.LATER and v == self.LATER[k])}
+                if k not in self.OPERATIONAL and k != "roi" and not (k in self.LATER and v == self.LATER[k])}

@@ -2,7 +2,8 @@
 
 * :func:`video_digest`: the identity a video's features file carries (``m2es_digest``):
   the features params (:meth:`~pipeline.extract.params.FeaturesParams.identity`), both
-  inputs' digests, the weights' SHA-256 (:func:`weights_identity`) and VERSION;
+  inputs' digests, the weights' SHA-256 (:func:`weights_identity`) and VERSION (and, for
+  backbone roi_flow, ROI_VERSION; roi_flow loads no weights: its identity is ``none``);
 * :func:`write_features`: ``rgb`` and ``flow`` float32 [N, D] plus provenance attrs, atomically;
 * :func:`write_skipped`: ``skipped.csv`` (video, n_frames, reason), the videos too short
   for one clip, which later stages read to know they were left out on purpose.
@@ -21,7 +22,7 @@ from models.weights import RANDOM_INIT, sha256_file
 from pipeline.core.params import digest
 from pipeline.errors import ConfigError
 from pipeline.extract.extractor import VideoFeatures
-from pipeline.extract.params import STREAMS, VERSION, FeaturesParams
+from pipeline.extract.params import NO_WEIGHTS, ROI_FLOW, ROI_VERSION, STREAMS, VERSION, FeaturesParams
 from pipeline.extract.reader import VideoProbe
 from pipeline.io.h5io import atomic_h5, write_attrs
 from pipeline.io.tables import write_table
@@ -31,13 +32,20 @@ SKIPPED_COLUMNS = ["video", "n_frames", "reason"]
 
 
 def video_digest(cfg: FeaturesParams, probe: VideoProbe, weights: Mapping[str, str]) -> str:
-    """Identity of one output: features params, both inputs' digests, the weights' SHA-256, code version."""
-    return digest({"stage": cfg.identity(), "inputs": {"faces": probe.faces_digest, "flow": probe.flow_digest},
-                   "weights": dict(weights), "version": VERSION})
+    """Identity of one output: features params, both inputs' digests, the weights' SHA-256, code version
+    (roi_flow: also its own ROI_VERSION; the networks' digests are unchanged by it)."""
+    ident = {"stage": cfg.identity(), "inputs": {"faces": probe.faces_digest, "flow": probe.flow_digest},
+             "weights": dict(weights), "version": VERSION}
+    if cfg.backbone == ROI_FLOW:
+        ident["roi_version"] = ROI_VERSION
+    return digest(ident)
 
 
 def weights_identity(cfg: FeaturesParams) -> dict[str, str]:
-    """SHA-256 of each stream's weights file, or ``random-init:<seed>`` (before loading models)."""
+    """SHA-256 of each stream's weights file, or ``random-init:<seed>`` (before loading models);
+    ``none`` for both streams of backbone roi_flow, which loads no weights (``features.weights`` is ignored)."""
+    if cfg.backbone == ROI_FLOW:
+        return {stream: NO_WEIGHTS for stream in STREAMS}
     out = {}
     for stream in STREAMS:
         path = cfg.weights_path(stream)

@@ -22,7 +22,7 @@ from models.weights import RANDOM_INIT
 from pipeline.core.device import resolve_device
 from pipeline.core.params import PRESET_DIR, digest, load_dataset, stage_params
 from pipeline.errors import ConfigError, InputError, M2esError
-from pipeline.extract.params import FeaturesParams
+from pipeline.extract.params import ROI_FLOW, ROI_VERSION, FeaturesParams, RoiParams
 from pipeline.extract.writer import weights_identity
 from pipeline.io.h5io import PARAMS_ATTR, file_digest, read_attr_json
 from pipeline.io.tables import TYPES
@@ -202,6 +202,8 @@ def check_feature_recipe(section: Mapping[str, Any], provenance: Mapping[str, An
     for key in ("clip", "stride", "input_size", "flow_bound"):
         if key in provenance and provenance[key] is not None and float(provenance[key]) != float(getattr(cfg, key)):
             problems.append(f"features.{key}: model trained with {provenance[key]}, this run {getattr(cfg, key)}")
+    if cfg.backbone == ROI_FLOW and trained == ROI_FLOW:
+        problems += _roi_problems(cfg, provenance)
     if problems:
         raise ModelMismatch(f"{checkpoint}: " + "; ".join(problems) + ". " + _needs(provenance))
     try:
@@ -233,8 +235,35 @@ def check_feature_recipe(section: Mapping[str, Any], provenance: Mapping[str, An
                             f"{width}-wide ones; the checkpoint is inconsistent. Retrain it.")
 
 
+def _roi_problems(cfg: FeaturesParams, provenance: Mapping[str, Any]) -> list[str]:
+    """How this run's roi_flow features would differ from a roi_flow model's: its ``roi`` knobs and version."""
+    problems = []
+    version = provenance.get("roi_version")
+    if version is not None and int(version) != ROI_VERSION:
+        problems.append(f"roi_flow version: the model was trained on version {version} roi_flow features but this "
+                        f"code computes version {ROI_VERSION} (the regions or statistics changed); retrain the model "
+                        "on features of this version (dvc repro features@<dataset> train@<dataset>)")
+    recorded = provenance.get("roi")
+    if recorded is None:
+        return problems
+    try:
+        want = RoiParams.from_params(recorded, where="the model's features.roi").as_params()
+    except ConfigError as exc:
+        return problems + [f"features.roi: the model records roi_flow knobs this code does not know ({exc})"]
+    have = cfg.roi_params.as_params()
+    problems += [f"features.roi.{key}: model trained with {want[key]!r}, this run {have[key]!r}"
+                 for key in want if want[key] != have[key]]
+    return problems
+
+
 def _needs(provenance: Mapping[str, Any]) -> str:
-    """What the model needs, as an instruction (backbone, per-stream weights and where they were)."""
+    """What the model needs, as an instruction (backbone, per-stream weights and where they were;
+    for roi_flow, which loads no weights, its ``roi`` knobs)."""
+    if provenance.get("backbone") == ROI_FLOW:
+        roi = provenance.get("roi")
+        return (f"The model needs {ROI_FLOW} features (no weights file; features.roi {roi}, roi_flow version "
+                f"{provenance.get('roi_version')}): set features.backbone: {ROI_FLOW} and features.roi to those "
+                "values (params.yaml, or the --dataset preset's overrides).")
     parts = []
     for stream in ("rgb", "flow"):
         want = provenance.get(f"weights_{stream}")
