@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 STAGES = ("synth", "ingest", "resample", "crop", "flow", "features", "train", "evaluate")
-TOOLS = {"spot": "pipeline.spot", "overlap": "pipeline.overlap"}
+TOOLS = {"spot": "pipeline.spot", "overlap": "pipeline.overlap", "clean": "pipeline.clean"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
