@@ -6,7 +6,7 @@ The oracle dataset (:mod:`helpers.oracle`): 3 subjects x 2 videos x 20 s at 30 f
 one channel per type ramps to 1 inside its intervals, noise sigma 0.1. Whatever breaks between
 the annotations and the F1 (labels, windows, loss, decoding, NMS / WBF, thresholds, matching)
 drops the F1 far below the bar: docs/learning_chain.md records what each deliberate breakage
-gave. About 45 s per preset on 2 CPU cores (one torch thread).
+gave. About 40 s (iaenet_cpu) and 55 s (iaenet_cpu_samm) on 2 CPU cores, one torch thread.
 """
 
 from __future__ import annotations
