@@ -21,6 +21,7 @@ from models.iaenet import load_checkpoint
 from models.weights import RANDOM_INIT
 from pipeline.core.device import resolve_device
 from pipeline.core.params import PRESET_DIR, digest, load_dataset, stage_params
+from pipeline.cropping.params import INPUT_HANDLING
 from pipeline.errors import ConfigError, InputError, M2esError
 from pipeline.extract.params import ROI_FLOW, ROI_VERSION, FeaturesParams, RoiParams
 from pipeline.extract.writer import weights_identity
@@ -344,6 +345,8 @@ def load_model(checkpoint: Path, device: str, dataset: str | None, params: Mappi
     if recipe.source.startswith("files of"):  # the files hold what changes results; take speed knobs from params
         speed = {k: v for k, v in (params.get("features") or {}).items() if k in SPEED_KEYS}
         recipe.features = {**recipe.features, **speed}
+    # how unreadable frames are treated, and crop speed: the user's, whatever the recipe's source
+    recipe.crop = {**recipe.crop, **{k: v for k, v in (params.get("crop") or {}).items() if k in INPUT_HANDLING}}
     log.info("model %s: preset %s, %d-wide %s features at %g fps (recipe from %s)", checkpoint,
              blob["preset"].get("name"), blob["in_dim"], prov.get("backbone", "?"), recipe.target_fps, recipe.source)
     recipe.features = feature_config(recipe, prov, weights, device)

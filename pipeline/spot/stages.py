@@ -3,9 +3,8 @@
 :func:`pipeline.ingest.run` (generic door), :func:`pipeline.resample.run` (to the model's frame
 rate), :func:`pipeline.crop.run`, :func:`pipeline.flow.run` and :func:`pipeline.features.run`
 run with a :class:`~pipeline.core.stage.StageContext` whose data root is the cache and whose
-crop, flow and features params are the model's recipe (but for the crop keys that say how to
-treat unreadable frames and how fast to go, :data:`pipeline.cropping.params.INPUT_HANDLING`,
-which come from the user's params). The stages' per-video digests make a
+crop, flow and features params are the model's recipe (:func:`pipeline.spot.recipe.load_model`
+puts the user's knobs that do not change what the model saw over it). The stages' per-video digests make a
 second run on the same input skip crop, flow and features (``cached`` vs ``computed``, from
 the output file's inode and mtime).
 """
@@ -24,7 +23,6 @@ from pipeline import crop, features, flow, ingest, resample
 from pipeline.core.paths import DataPaths
 from pipeline.core.runner import ParallelParams
 from pipeline.core.stage import StageContext
-from pipeline.cropping.params import INPUT_HANDLING
 from pipeline.errors import M2esError, StageFailed
 from pipeline.io.tables import read_videos
 from pipeline.spot.errors import NoFaceError, SpotError
@@ -65,10 +63,8 @@ def _contexts(inp: SpotInput, model: SpotModel, cache_root: Path, raw: Path, par
               "source_fps": src, "target_fps": tgt}
     if recipe.color is not None:
         preset["color"] = bool(recipe.color)
-    user_crop = params.get("crop") or {}
-    crop = {**recipe.crop, **{k: v for k, v in user_crop.items() if k in INPUT_HANDLING}}  # type: ignore[union-attr]
     full = {"ingest": ingest_section(params), "resample": {"target_fps": tgt, "max_duration_s": None},
-            "crop": crop, "flow": recipe.flow, "features": recipe.features}
+            "crop": recipe.crop, "flow": recipe.flow, "features": recipe.features}
     paths = DataPaths(inp.key, cache_root)
     par = ParallelParams(backend="sequential", n_jobs=1)
     return {stage: StageContext(stage=stage, dataset=preset, params=full, paths=paths, parallel=par)
