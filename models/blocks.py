@@ -14,6 +14,8 @@ Blocks (the published IAENet recipe, see ``docs/architecture.md``):
 * ``csfm``     residual bottleneck (Conv k3, Conv k1 C→C/4, ReLU, Conv k1 C/4→C) + per-time-step
                MLP (LayerNorm, Linear, GELU, Linear, LayerNorm; bias-free Linear, dropout; no residual)
 * ``heads``    per-level Conv1d(k1)→512 + Mish; shared classification and regression branches
+* ``input_norm`` (not in the paper; only when a preset names it) per-channel standardisation of
+               the input features with statistics of the training videos, kept as buffers
 
 All tensors are channel-first ``[B, C, T]``.
 """
@@ -71,6 +73,36 @@ class TemporalAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B, C, T] → ``x`` scaled per time step."""
         return x * torch.sigmoid(self.gate(x.mean(dim=1, keepdim=True)))
+
+
+@register_block("input_norm")
+class InputStandardize(nn.Module):
+    """Per-channel standardisation ``(x - mean) / std`` of ``[B, C, T]`` features.
+
+    Not part of the published IAENet (whose I3D features share one scale): hand-made
+    features such as ``roi_flow``'s mix units whose spreads differ by three orders of
+    magnitude. ``mean`` and ``std`` are buffers, set from the training videos before
+    training (:meth:`fit`) and saved in the checkpoint, so inference standardises new videos
+    with the training statistics. Until fitted it is the identity.
+    """
+
+    def __init__(self, in_dim: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.eps = float(eps)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def fit(self, rows: torch.Tensor) -> None:
+        """Set the statistics from feature rows ``[N, C]`` (the training videos' steps)."""
+        if rows.dim() != 2 or rows.shape[1] != self.mean.numel() or rows.shape[0] < 2:
+            raise ModelConfigError(f"input_norm: needs [N >= 2, {self.mean.numel()}] rows, got {tuple(rows.shape)}")
+        rows = rows.to(device=self.mean.device, dtype=torch.float64)
+        self.mean.copy_(rows.mean(0).to(self.mean.dtype))
+        self.std.copy_((rows.std(0) + self.eps).to(self.std.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean[:, None]) / self.std[:, None]
 
 
 @register_block("base")

@@ -63,6 +63,8 @@ class IAENet(nn.Module):
         self.in_dim = int(in_dim)
         self.points_per_level, self.strides = level_geometry(preset)
         self.window_steps = int(preset["window"]["frames"]) // int(preset["window"]["feature_stride"])
+        norm = m.get("input_norm")
+        self.input_norm = make_block("input_norm", in_dim=in_dim, **norm) if norm is not None else None
         self.base = make_block("base", in_dim=in_dim, **m["base"])
         dims = list(m["encoder"]["dims"])
         self.encoder = make_block("encoder", in_dim=self.base.out_dim, **m["encoder"])
@@ -81,7 +83,10 @@ class IAENet(nn.Module):
         """``x`` [B, T, D] features → (logits [B, P, classes], distances [B, P, 2] in strides)."""
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(f"IAENet expects [B, T, {self.in_dim}] features, got {tuple(x.shape)}")
-        feats = self.encoder(self.base(x.transpose(1, 2)))
+        x = x.transpose(1, 2)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        feats = self.encoder(self.base(x))
         feats = self.decoder(feats)
         feats = [c(f) for c, f in zip(self.csfm, feats)]
         return self.heads(feats)

@@ -52,6 +52,13 @@ class Prepared:
         train_idx = np.flatnonzero(self.train_subject != fold)
         return train_idx, None if fold == "final" else np.flatnonzero(self.test_subject == fold)
 
+    def training_rows(self, train_idx: np.ndarray) -> torch.Tensor:
+        """Every feature row [N, D] of the videos whose subjects own the training windows
+        ``train_idx`` (what a model's input statistics may be computed from: no held-out video)."""
+        subjects = set(self.train_subject[np.asarray(train_idx, np.int64)])
+        videos = [v for v in self.bank.offsets if self.subjects.get(v) in subjects]
+        return torch.cat([self.bank.video_rows(v) for v in videos])
+
 
 def prepare(features: Mapping[str, np.ndarray], annotations: pd.DataFrame, subjects: Mapping[str, str],
             preset: Mapping[str, Any], device: torch.device | str = "cpu") -> Prepared:

@@ -21,6 +21,7 @@ from models.iaenet import build_model
 
 from pipeline.errors import ConfigError
 from pipeline.learning.data import Prepared
+from pipeline.learning.ema import WeightAverage
 from pipeline.learning.postprocess import predictions_from_outputs, run_windows
 from pipeline.learning.recipe import TrainRecipe, lr_factor
 from pipeline.learning.step import StepTensors, TrainStep
@@ -43,6 +44,8 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_model(preset, prep.bank.width).to(device)
+    if getattr(model, "input_norm", None) is not None:
+        model.input_norm.fit(prep.training_rows(train_idx))
     model.train()
     idx_all = torch.as_tensor(np.asarray(train_idx, np.int64))
     n = len(idx_all)
@@ -54,6 +57,8 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
                      cfg.loss_spec(), cfg.lr, cfg.weight_decay, cfg.batch_size, static=graph,
                      warm_idx=idx_all[:cfg.batch_size].to(device) if graph else None)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    scored = ema.shadow if ema is not None else model   # the model that predicts and is returned
     history, preds = [], []
     for epoch in range(cfg.epochs):
         perm = idx_all[torch.randperm(n, generator=gen)].to(device)
@@ -62,6 +67,8 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
             t = epoch + (b / steps_per_epoch if cfg.schedule == "step" else 0.0)
             step.step(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], cfg.lr * lr_factor(t, cfg.warmup_epochs,
                                                                                             cfg.epochs))
+            if ema is not None:
+                ema.update(model)
         mean = step.take_sums(steps_per_epoch)
         rec = {"loss": mean[0], "cls": mean[1], "reg": mean[2], "lr": lr_epoch}
         history.append(rec)
@@ -69,14 +76,14 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
             on_epoch(epoch + 1, rec)
         if test_idx is not None and len(test_idx) and epoch + 1 >= cfg.first_predicted_epoch:
             wins = prep.test.subset(np.asarray(test_idx))
-            logits, dists = run_windows(model, prep.bank, wins, prep.spec.steps, cfg.eval_batch_size, cfg.precision)
+            logits, dists = run_windows(scored, prep.bank, wins, prep.spec.steps, cfg.eval_batch_size, cfg.precision)
             df = predictions_from_outputs(logits, dists, wins, prep.spec, prep.grid, preset["inference"])
             df.insert(1, "epoch", epoch + 1)
             preds.append(df)
         log.debug("%s epoch %d: loss %.4f cls %.4f reg %.4f lr %.2e", desc, epoch + 1, *mean, lr_epoch)
     out = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=["video", "epoch", "onset",
                                                                                   "offset", "type", "score"])
-    return model, out, history
+    return scored, out, history
 
 
 #: dvclive's step signal file (see :meth:`DvcLive.close`)

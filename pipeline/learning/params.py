@@ -3,7 +3,7 @@
 Two kinds of keys (see the comments in params.yaml):
 
 * recipe values (``lr``, ``weight_decay``, ``batch_size``, ``epochs``, ``warmup_epochs``,
-  ``schedule``, ``reg_weight``, ``micro_weight``): null takes the model preset's value,
+  ``schedule``, ``reg_weight``, ``micro_weight``, ``ema_decay``): null takes the model preset's value,
   anything else overrides it (:func:`pipeline.learning.presets.resolve_preset`);
 * runtime keys: seed, device, precision, which preset, which folds, how many at once.
 
@@ -41,6 +41,7 @@ class TrainParams(Section):
     schedule: str | None = knob(None, choices=SCHEDULES)
     reg_weight: float | None = knob(None)
     micro_weight: float | None = knob(None)
+    ema_decay: float | None = knob(None, min=0.0)
     predict_from_epoch: int | None = knob(None)
     eval_batch_size: int | None = knob(512, min=1)
     final_model: bool = knob(True)

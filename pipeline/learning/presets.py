@@ -27,6 +27,7 @@ OVERRIDABLE = {
     "schedule": ("train", "schedule"),
     "reg_weight": ("loss", "reg_weight"),
     "micro_weight": ("loss", "micro_weight"),
+    "ema_decay": ("train", "ema_decay"),
 }
 _REQUIRED = ("window", "model", "levels", "loss", "train", "inference")
 

@@ -41,6 +41,7 @@ class TrainRecipe:
     micro_weight: float = 4.0
     reg_weight: float = 0.05
     cuda_graphs: bool = False
+    ema_decay: float = 0.0
 
     @classmethod
     def from_preset(cls, preset: Mapping[str, Any],
@@ -57,7 +58,7 @@ class TrainRecipe:
                   predict_from_epoch=p.predict_from_epoch,
                   focal_alpha=float(lo.get("focal_alpha", 0.25)), focal_gamma=float(lo.get("focal_gamma", 2.0)),
                   micro_weight=float(lo.get("micro_weight", 4.0)), reg_weight=float(lo["reg_weight"]),
-                  cuda_graphs=bool(p.cuda_graphs or False))
+                  cuda_graphs=bool(p.cuda_graphs or False), ema_decay=float(t.get("ema_decay") or 0.0))
         if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
             raise ConfigError("train: epochs and batch_size must be >= 1 and lr > 0 (params.yaml train / preset).")
         if not 0 <= cfg.warmup_epochs < cfg.epochs:
@@ -66,14 +67,17 @@ class TrainRecipe:
             raise ConfigError(f"train.schedule '{cfg.schedule}' is not one of epoch, step.")
         if cfg.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.precision '{cfg.precision}' is not one of fp32, bf16.")
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay={cfg.ema_decay} must be in [0, 1) (0: no weight average).")
         return cfg
 
     def identity(self, cuda: bool) -> dict[str, Any]:
         """The fields that decide a trained model, for the run's digest. ``cuda_graphs`` counts only
         where it takes effect, on and training on CUDA (``cuda``): a graphed run draws other dropout
         masks. Elsewhere the steps are eager, those of runs made before the setting existed, whose
-        checkpoints stay valid."""
-        return {k: v for k, v in self.__dict__.items() if k != "cuda_graphs" or self.graphs_on(cuda)}
+        checkpoints stay valid. ``ema_decay`` counts only when on (runs from before it existed had none)."""
+        return {k: v for k, v in self.__dict__.items()
+                if (k != "cuda_graphs" or self.graphs_on(cuda)) and (k != "ema_decay" or self.ema_decay)}
 
     def graphs_on(self, cuda: bool) -> bool:
         """Whether training steps are CUDA graphs: the setting on and training on CUDA (``cuda``)."""

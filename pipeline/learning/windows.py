@@ -281,6 +281,11 @@ class FeatureBank:
         self.width = int(d)
         self.data = torch.cat(parts).to(device=device, dtype=dtype)
 
+    def video_rows(self, video: str) -> torch.Tensor:
+        """The features [T, D] of one video (a view of the bank)."""
+        at = self.offsets[video]
+        return self.data[at:at + self.lengths[video]]
+
     def rows(self, windows: WindowSet, steps: int) -> torch.Tensor:
         """Row indices [W, steps] (long, on the bank's device) of each window; padding → zero row."""
         off = np.array([self.offsets[v] for v in windows.video], np.int64)

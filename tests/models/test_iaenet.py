@@ -219,3 +219,60 @@ def test_bf16_autocast_close_to_fp32_gpu() -> None:
         assert hist[-1]["loss"] < hist[0]["loss"] / 10
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+def test_published_presets_have_no_input_norm() -> None:
+    """The paper's IAENet feeds the features as they are: no extra module, same state_dict keys."""
+    for name in ("iaenet_casme2", "iaenet_samm"):
+        model = build_model(load_model_preset(name), 64)
+        assert model.input_norm is None
+        assert not any(k.startswith("input_norm") for k in model.state_dict())
+
+
+def test_input_norm_standardises_with_training_statistics_and_is_saved(tmp_path) -> None:
+    preset = tiny_preset()
+    preset["model"]["input_norm"] = {}
+    model = build_model(preset, 3)
+    x = torch.randn(2, 64, 3)
+    norm = model.input_norm
+    assert torch.equal(norm(x.transpose(1, 2)), x.transpose(1, 2))        # identity until fitted
+    rows = torch.tensor([[0.0, 10.0, 1e-4], [2.0, 30.0, 3e-4], [4.0, 50.0, 5e-4]])
+    norm.fit(rows)
+    assert torch.allclose(norm.mean, torch.tensor([2.0, 30.0, 3e-4]))
+    out = norm(rows.T[None])[0].T                                           # [N, C] after standardising
+    assert torch.allclose(out[:, :2], torch.tensor([[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]), atol=1e-3)
+    assert out[:, 2].abs().max() < 1.0        # a near-constant channel is not blown up (eps)
+    with pytest.raises(ModelConfigError, match="input_norm"):
+        norm.fit(torch.zeros(5, 4))
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, preset, {}, {})
+    loaded, _ = load_checkpoint(path)
+    assert torch.equal(loaded.input_norm.mean, norm.mean) and torch.equal(loaded.input_norm.std, norm.std)
+
+
+def test_train_model_fits_input_norm_on_training_subjects_only(one_thread) -> None:
+    preset = tiny_preset()
+    preset["model"]["input_norm"] = {}
+    preset["train"].update(epochs=1, warmup_epochs=0)
+    cfg = TrainRecipe.from_preset(preset, {})
+    feats, ann = _toy_set()
+    held_out = feats["v"] * 0 + 1000.0                       # a held-out subject far from the training scale
+    ann2 = pd.concat([ann, ann.assign(video="w", subject="s2")], ignore_index=True)
+    prep = prepare({"v": feats["v"], "w": held_out}, ann2, {"v": "s1", "w": "s2"}, preset)
+    train_idx, _ = prep.fold_windows("s2")
+    model, _, _ = train_model(prep, train_idx, preset, cfg, seed=1)
+    assert torch.allclose(model.input_norm.mean, torch.from_numpy(feats["v"].mean(0)), atol=1e-5)
+
+
+def test_train_model_with_ema_predicts_and_returns_the_weight_average(one_thread) -> None:
+    preset = tiny_preset()
+    preset["train"].update(epochs=2, warmup_epochs=0, ema_decay=0.9)
+    cfg = TrainRecipe.from_preset(preset, {"predict_from_epoch": 2})
+    feats, ann = _toy_set()
+    prep = prepare(feats, ann, {"v": "s1"}, preset)
+    model, preds, _ = train_model(prep, np.arange(len(prep.train)), preset, cfg, seed=1,
+                                  test_idx=np.arange(len(prep.test)))
+    assert not any(p.requires_grad for p in model.parameters())       # the average, not the trained copy
+    again = predict_video(model, feats["v"], preset, video="v")
+    pd.testing.assert_frame_equal(preds.drop(columns="epoch").reset_index(drop=True), again.reset_index(drop=True),
+                                  check_like=True)
