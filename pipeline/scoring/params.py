@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.core.section import Section, knob
 from pipeline.errors import ConfigError
 from pipeline.scoring.metrics import COUNTING_RULES
-from pipeline.scoring.protocols import PROTOCOLS, threshold_grid
+from pipeline.scoring.protocols import PROTOCOLS, TIE_BREAKS, threshold_grid
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class EvaluateParams(Section):
     threshold_grid: dict[str, Any] = knob({"min": 0.0, "max": 1.0, "num": 101})
     fixed: dict[str, Any] = knob({"thresholds": {"macro": 0.5, "micro": 0.5}, "epoch": "last"})
     timelines: int = knob(4, min=0)
+    cross_fold_ties: str = knob("middle", choices=TIE_BREAKS)
 
     def check(self, where: str) -> None:
         """IoU in (0, 1]; countings and protocols distinct and known; a valid threshold grid."""

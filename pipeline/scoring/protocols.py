@@ -135,15 +135,30 @@ def overall_f1_surface(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray) -> 
     return f1_score(tp_sum, pred_sum, int(n_gt.sum()))
 
 
+#: how the cross-fold protocol breaks ties among equally good thresholds (``evaluate.cross_fold_ties``)
+TIE_BREAKS = ("highest", "middle")
+
+
 def best_choice(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, epochs: Sequence[int],
-                grid: np.ndarray) -> tuple[Choice, float]:
-    """The (epoch, thresholds) maximising overall F1; ties: latest epoch, highest thresholds."""
+                grid: np.ndarray, ties: str = "highest") -> tuple[Choice, float]:
+    """The (epoch, thresholds) maximising overall F1. Ties: the latest epoch, then ``ties``:
+    ``highest`` the highest thresholds (the published search's order), ``middle`` the tied
+    (macro, micro) cell nearest the middle of all tied cells of that epoch, so a threshold sits
+    inside the plateau of equally good values instead of at its edge, just under the lowest
+    true positive's score (when no threshold finds anything, F1 0 everywhere: ``highest``)."""
     if len(TYPES) != 2:  # pragma: no cover - the joint search is written for macro + micro
         raise ConfigError("threshold search expects exactly two expression types")
+    if ties not in TIE_BREAKS:
+        raise ConfigError(f"threshold ties '{ties}' is not one of {', '.join(TIE_BREAKS)}.")
     f1 = overall_f1_surface(tp, n_pred, n_gt)
     flipped = f1[::-1, ::-1, ::-1]
     e, i, j = np.unravel_index(int(np.argmax(flipped)), flipped.shape)
     e, i, j = f1.shape[0] - 1 - e, f1.shape[1] - 1 - i, f1.shape[2] - 1 - j
+    if ties == "middle" and f1[e, i, j] > 0:
+        cells = np.argwhere(f1[e] == f1[e, i, j])
+        centre = cells.mean(axis=0)
+        dist = ((cells - centre) ** 2).sum(axis=1)
+        i, j = (int(v) for v in cells[int(np.flatnonzero(dist == dist.min())[-1])])  # equidistant: the higher
     choice = Choice(epoch=int(epochs[e]), thresholds={TYPES[0]: float(grid[i]), TYPES[1]: float(grid[j])})
     return choice, float(f1[e, i, j])
 
@@ -153,13 +168,14 @@ def select_paper(cube: Cube) -> tuple[Choice, float]:
     return best_choice(cube.tp.sum(0), cube.n_pred.sum(0), cube.n_gt.sum(0), cube.epochs, cube.grid)
 
 
-def select_cross_fold(cube: Cube) -> dict[str, Choice]:
-    """Per held-out subject: the choice maximising overall F1 on all other subjects."""
+def select_cross_fold(cube: Cube, ties: str = "highest") -> dict[str, Choice]:
+    """Per held-out subject: the choice maximising overall F1 on all other subjects (``ties``:
+    :func:`best_choice`)."""
     tp_all, pred_all, gt_all = cube.tp.sum(0), cube.n_pred.sum(0), cube.n_gt.sum(0)
     out: dict[str, Choice] = {}
     for s, subject in enumerate(cube.subjects):
         out[subject] = best_choice(tp_all - cube.tp[s], pred_all - cube.n_pred[s], gt_all - cube.n_gt[s],
-                                   cube.epochs, cube.grid)[0]
+                                   cube.epochs, cube.grid, ties)[0]
     return out
 
 

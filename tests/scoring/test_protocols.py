@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.scoring.metrics import count_by_type, evaluate, match
-from pipeline.scoring.protocols import (Choice, apply_thresholds, build_cube, load_thresholds, save_thresholds,
+from pipeline.scoring.protocols import (Choice, apply_thresholds, best_choice, build_cube, load_thresholds, save_thresholds,
                                         select_cross_fold, select_fixed, select_paper, selection_mask, threshold_grid)
 
 SUBJECTS = ["s1", "s2", "s3", "s4", "s5"]
@@ -158,6 +158,37 @@ def test_ties_prefer_latest_epoch_and_highest_thresholds() -> None:
     choice, f1 = select_paper(cube)
     assert f1 == 0.0
     assert choice == Choice(epoch=2, thresholds={"macro": 1.0, "micro": 1.0})
+
+
+def _plateau_counts(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One epoch; macro: 4 GT, the 4 true positives score 0.60-0.80 and one false positive 0.30, so every
+    threshold in (0.30, 0.60] finds all 4 and nothing else (F1 1); micro: 2 GT, both true positives
+    score 0.50, no false positive: every threshold up to 0.50 finds both. ``tp``/``n_pred`` [1, 2, G]."""
+    macro_tp = (np.array([0.6, 0.7, 0.75, 0.8])[:, None] >= grid[None, :] - 1e-9).sum(0)
+    macro_pred = macro_tp + (0.3 >= grid - 1e-9)
+    micro_tp = 2 * (0.5 >= grid - 1e-9)
+    tp = np.stack([macro_tp, micro_tp])[None].astype(float)
+    n_pred = np.stack([macro_pred, micro_tp])[None].astype(float)
+    return tp, n_pred, np.array([4.0, 2.0])
+
+
+def test_middle_tie_break_puts_the_threshold_inside_the_plateau() -> None:
+    grid = threshold_grid({"min": 0.0, "max": 1.0, "num": 101})
+    tp, n_pred, n_gt = _plateau_counts(grid)
+    high, f_high = best_choice(tp, n_pred, n_gt, [5], grid)
+    mid, f_mid = best_choice(tp, n_pred, n_gt, [5], grid, ties="middle")
+    assert f_high == f_mid == 1.0
+    assert high.thresholds == {"macro": 0.6, "micro": 0.5}     # the edge: just under the lowest true positive
+    assert mid.thresholds["macro"] == pytest.approx(0.46) and mid.thresholds["micro"] == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match="middle"):
+        best_choice(tp, n_pred, n_gt, [5], grid, ties="centre")
+
+
+def test_middle_tie_break_without_any_hit_keeps_the_highest_thresholds() -> None:
+    pred, gt = make_set(5)
+    nothing = pred.assign(video="elsewhere")
+    cube = build_cube(nothing, gt, match(nothing, gt), SUBJECTS, [0, 1, 2], GRID)
+    assert all(c.thresholds == {"macro": 1.0, "micro": 1.0} for c in select_cross_fold(cube, "middle").values())
 
 
 def test_fixed_protocol_params() -> None:
