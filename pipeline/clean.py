@@ -31,8 +31,8 @@ from pipeline.errors import M2esError
 log = logging.getLogger(__name__)
 
 PER_VIDEO = {"crop": "faces", "flow": "flow", "features": "features"}
-WHOLE = {"ingest": "ingest", "resample": "resample", "train": "runs", "evaluate": "evaluate"}
-STAGES = ("ingest", "resample", "crop", "flow", "features", "train", "evaluate")
+WHOLE = {"ingest": "ingest", "resample": "resample", "train": "runs", "baseline": "baseline", "evaluate": "evaluate"}
+STAGES = ("ingest", "resample", "crop", "flow", "features", "train", "baseline", "evaluate")
 
 
 def targets(stage: str, paths: DataPaths, videos: Sequence[str] = ()) -> list[Path]:

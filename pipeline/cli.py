@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Sequence
 
-STAGES = ("synth", "ingest", "resample", "crop", "flow", "features", "train", "evaluate")
+STAGES = ("synth", "ingest", "resample", "crop", "flow", "features", "train", "baseline", "evaluate")
 TOOLS = {"spot": "pipeline.spot", "overlap": "pipeline.overlap", "clean": "pipeline.clean"}
 
 

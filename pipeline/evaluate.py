@@ -1,8 +1,9 @@
 """Stage ``evaluate@<dataset>``: MEGC-style F1 of the out-of-fold predictions, three protocols.
 
 Reads ``data/<ds>/runs/predictions.csv`` (video, subject, fold, epoch, onset, offset,
-type, score), ``data/<ds>/resample/{videos,annotations,frames}.csv`` and the dvclive
-logs under ``data/<ds>/runs/live/``. Writes:
+type, score), ``data/<ds>/resample/{videos,annotations,frames}.csv`` (and
+``distractors.csv`` where the dataset lists its distractors: the synthetic presets) and
+the dvclive logs under ``data/<ds>/runs/live/``. Writes:
 
 * ``metrics/<ds>.json``: per counting rule, per protocol (``cross-fold``,
   ``paper-optimistic``, ``fixed``) and per type (+ ``overall``): f1, precision, recall,
@@ -11,13 +12,24 @@ logs under ``data/<ds>/runs/live/``. Writes:
   out-of-fold predictions, for new videos (``m2es spot``);
 * ``data/<ds>/evaluate/f1_vs_threshold.csv``, ``per_subject.csv``, ``timelines/*.png``,
   ``training_curves.csv`` + ``.png``, ``predictions_<ds>_megc.csv`` (final intervals of
-  the default protocol, dataset frame numbering), ``summary.md``.
+  the default protocol, dataset frame numbering), ``summary.md``;
+* ``data/<ds>/evaluate/errors.csv`` (each false positive of the default protocol labelled
+  by what it overlaps most, each miss by type and length), ``errors_by_length.csv`` (the
+  FP share per predicted-length bin, misses per ground-truth length bin), ``errors.png``
+  and the ``Error analysis`` section of ``summary.md`` (:mod:`pipeline.scoring.errors`).
+
+It also reads ``data/<ds>/baseline/predictions.csv`` and ``method.json`` (stage ``baseline``, a
+non-learned spotter) and runs the same protocols on them under the default counting: the
+``baseline`` block of the metrics and a table of ``summary.md`` put it beside IAENet. Without
+that file (evaluate run alone on an older tree) it warns and writes neither.
 
 See :mod:`pipeline.scoring.metrics` (matching, counting rules) and :mod:`pipeline.scoring.protocols`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -27,11 +39,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.core.paths import DataPaths
 from pipeline.core.stage import StageContext, stage_main
+from pipeline.errors import InputError
 from pipeline.io.artifacts import read_ground_truth, read_predictions
 from pipeline.io.atomic import write_json, write_text
-from pipeline.io.tables import TYPES, read_frames, read_videos, write_table
+from pipeline.io.tables import DISTRACTORS_FILE, TYPES, read_distractors, read_frames, read_videos, write_table
 from pipeline.scoring import report
+from pipeline.scoring.errors import analyse_errors, errors_markdown, plot_errors
 from pipeline.scoring.metrics import OVERALL, Counts, Matching, count_by_type, counts_by_group, match
 from pipeline.scoring.params import EvaluateParams
 from pipeline.scoring.protocols import (OUTPUT_NAMES, Choice, Cube, build_cube, f1_curve, save_thresholds,
@@ -84,7 +99,7 @@ def evaluate_predictions(pred: pd.DataFrame, gt: pd.DataFrame, subjects: Sequenc
         if protocol == "paper":
             choices = {s: paper_choice[0] for s in subjects}
         elif protocol == "cross-fold":
-            choices = select_cross_fold(cube)
+            choices = select_cross_fold(cube, settings.cross_fold_ties)
         else:
             fixed = select_fixed(settings.fixed, epochs)
             choices = {s: fixed for s in subjects}
@@ -163,6 +178,51 @@ def write_timelines(out_dir: Path, pred: pd.DataFrame, gt: pd.DataFrame, videos:
     return written
 
 
+def write_error_analysis(out: Path, name: str, pred: pd.DataFrame, gt: pd.DataFrame, videos: pd.DataFrame,
+                         ev: Evaluation, protocol: str, iou_threshold: float,
+                         distractors: pd.DataFrame | None) -> str:
+    """``errors.csv``, ``errors_by_length.csv`` and ``errors.png`` of ``protocol``'s final predictions
+    under ``ev``'s counting; returns the summary's ``Error analysis`` section."""
+    if distractors is not None:
+        distractors = distractors[distractors["video"].isin(set(videos["video"]))]
+    ea = analyse_errors(pred, gt, ev.matching, ev.results[protocol].mask, iou_threshold, distractors,
+                        dict(zip(videos["video"], videos["n_frames"].astype(int))))
+    write_table(ea.rows(), out / "errors.csv")
+    write_table(ea.by_length, out / "errors_by_length.csv")
+    label = f"{OUTPUT_NAMES[protocol]}, {ev.counting}"
+    plot_errors(ea, out / "errors.png", f"{name}: errors of the final predictions ({label})")
+    rates = sorted(set(videos["fps"].astype(float)))
+    return errors_markdown(ea, label, rates[0] if len(rates) == 1 else None)
+
+
+def evaluate_baseline(paths: DataPaths, videos: pd.DataFrame, gt: pd.DataFrame, subjects: Sequence[str],
+                      settings: EvaluateParams) -> dict[str, Any] | None:
+    """The ``baseline`` block of the metrics: the non-learned baseline's predictions
+    (``data/<ds>/baseline/predictions.csv``, stage ``baseline``) through the same protocols as IAENet's,
+    under the default counting; None (with a warning) when the file is absent."""
+    path = paths.baseline / "predictions.csv"
+    if not path.is_file():
+        log.warning("%s not found: the metrics and summary.md carry no baseline (the DVC pipeline makes it; "
+                    "alone: python -m pipeline.baseline --dataset %s).", path, paths.name)
+        return None
+    pred = read_predictions(path, videos)
+    method: dict[str, Any] = {}
+    method_path = paths.baseline / "method.json"
+    if method_path.is_file():
+        try:
+            method = json.loads(method_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{method_path}: unreadable ({exc}). Rerun the baseline stage.") from None
+    # one set of predictions (epoch 0): the fixed protocol takes it whatever epoch IAENet's names
+    own = dataclasses.replace(settings, fixed={**settings.fixed, "epoch": "last"})
+    ev = evaluate_predictions(pred, gt, subjects, own, settings.default_counting)
+    block: dict[str, Any] = {"method": method.get("method", "baseline"), "description": method.get("description", ""),
+                             "version": method.get("version"), "params": method.get("params", {}),
+                             "counting": settings.default_counting, "predictions": {"rows": len(pred)}}
+    block.update({res.name: _protocol_block(res, ev) for res in ev.results.values()})
+    return block
+
+
 def run(ctx: StageContext) -> None:
     """Evaluate the dataset's out-of-fold predictions and write metrics, plots and exports."""
     settings = EvaluateParams.from_params(ctx.section())  # a bad key or value fails before any input is read
@@ -171,6 +231,7 @@ def run(ctx: StageContext) -> None:
     videos["subject"] = videos["subject"].astype(str)
     gt = read_ground_truth(paths.resample / "annotations.csv", videos)
     frames = read_frames(paths.resample / "frames.csv")
+    distractors = read_distractors(paths.resample / DISTRACTORS_FILE)  # None: the dataset lists none (real data)
     pred = read_predictions(paths.runs / "predictions.csv", videos)
     subjects = sorted(set(videos["subject"]), key=natural_key)
     missing = sorted(set(subjects) - set(pred["subject"]), key=natural_key)
@@ -197,6 +258,10 @@ def run(ctx: StageContext) -> None:
     for counting, ev in evals.items():
         doc[counting] = {res.name: _protocol_block(res, ev) for res in ev.results.values()}
 
+    baseline = evaluate_baseline(paths, videos, gt, subjects, settings)
+    if baseline is not None:
+        doc["baseline"] = baseline
+
     out = paths.evaluate
     out.mkdir(parents=True, exist_ok=True)
     write_json(ctx.paths.metrics, doc)
@@ -216,6 +281,9 @@ def run(ctx: StageContext) -> None:
     if curves.empty:
         log.warning("%s: no dvclive logs; training_curves.csv/png are empty.", paths.runs / "live")
     summary = report.summary_markdown(doc, per_subject, column_prefix(default_protocol))
+    summary += report.baseline_markdown(doc)
+    summary += write_error_analysis(out, ctx.name, pred, gt, videos, head, default_protocol,
+                                    settings.iou_threshold, distractors)
     write_text(out / "summary.md", summary)
     log.info("evaluate@%s: wrote %s, %s (%d timelines)\n%s", ctx.name, ctx.paths.metrics, out, len(drawn),
              summary)

@@ -16,6 +16,12 @@ Interval rules (counted and logged):
 * a missing apex, or one outside [onset, offset], becomes the interval's midpoint;
 * duplicate rows (same video, type, onset, apex, offset) are kept once.
 
+A dataset whose root holds ``distractors.csv`` (the synthetic presets: every unlabelled
+blink, head turn, head jerk and lighting change, in the dataset's numbering) gets it
+converted the same way (:func:`locate_events`) into ``data/<ds>/ingest/distractors.csv``,
+which resample carries to the target fps and evaluate uses for its error analysis. Real
+datasets have none: then no file is written (and a stale one is removed).
+
 Nothing is written unless every video and every row passed.
 """
 
@@ -31,7 +37,8 @@ import pandas as pd
 from pipeline.core.runner import VideoTask, map_videos
 from pipeline.core.stage import StageContext, stage_main
 from pipeline.errors import ConfigError, InputError
-from pipeline.io.tables import ANNOTATION_COLUMNS, FRAME_COLUMNS, VIDEO_COLUMNS, write_table
+from pipeline.io.tables import (ANNOTATION_COLUMNS, DISTRACTOR_COLUMNS, DISTRACTORS_FILE, FRAME_COLUMNS, VIDEO_COLUMNS,
+                                read_distractors, write_table)
 from pipeline.layouts import get_reader
 from pipeline.layouts.common import (LayoutData, check_contiguous, check_images, count_video_file, dataset_root,
                                      is_color, list_frames)
@@ -120,6 +127,37 @@ def locate_intervals(rows: pd.DataFrame, spans: Mapping[str, tuple[int, int]], p
     return table.sort_values(["video", "onset", "offset", "type"], kind="stable").reset_index(drop=True)
 
 
+def locate_events(events: pd.DataFrame, spans: Mapping[str, tuple[int, int]],
+                  origin: str | Path = DISTRACTORS_FILE) -> pd.DataFrame:
+    """A dataset's distractor table (start, end in its numbering) -> ``distractors.csv`` rows of ingest.
+
+    ``spans`` maps each ingested video to its (first, last) frame number; start/end become
+    0-based positions (``number - first``) and the dataset's numbers move to
+    ``source_start``/``source_end``. Events of videos not ingested are left out; an event
+    reaching past either end of its video is clipped to it, one wholly outside is dropped
+    (both logged). The generator's other columns follow, as read.
+    """
+    extra = [c for c in events.columns if c not in DISTRACTOR_COLUMNS]
+    rows = events[events["video"].isin(spans)].copy()
+    if len(rows) < len(events):
+        log.info("%s: %d distractor(s) of videos not ingested left out", origin, len(events) - len(rows))
+    first = rows["video"].map({v: s[0] for v, s in spans.items()}).to_numpy(np.int64)
+    last = rows["video"].map({v: s[1] for v, s in spans.items()}).to_numpy(np.int64)
+    start, end = rows["start"].to_numpy(np.int64), rows["end"].to_numpy(np.int64)
+    outside = (end < first) | (start > last)
+    if outside.any():
+        log.warning("%s: %d distractor(s) outside their video's frames dropped", origin, int(outside.sum()))
+    clipped = int(((start < first) | (end > last))[~outside].sum())
+    if clipped:
+        log.warning("%s: %d distractor(s) clipped to their video's frames", origin, clipped)
+    s_start, s_end = np.maximum(start, first), np.minimum(end, last)
+    rows["source_start"], rows["source_end"] = s_start, s_end
+    rows["start"], rows["end"] = s_start - first, s_end - first
+    rows = rows[~outside]
+    return rows[DISTRACTOR_COLUMNS + extra].sort_values(["video", "start", "end", "kind"], kind="stable") \
+        .reset_index(drop=True)
+
+
 def build_tables(data: LayoutData, scans: Mapping[str, dict[str, Any]], fps: float, color: bool | None,
                  policy: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(videos, annotations, frames) tables from a layout's data and the per-video scans."""
@@ -167,6 +205,16 @@ def run(ctx: StageContext) -> None:
     scans = map_videos(scan_video, tasks, stage="ingest", parallel=ctx.parallel)
     videos, annotations, frames = build_tables(data, scans, fps, preset.get("color"), p.invalid_intervals)
     out = ctx.paths.ingest
+    events = read_distractors(root / DISTRACTORS_FILE, DISTRACTOR_COLUMNS[:5])
+    if events is None:
+        (out / DISTRACTORS_FILE).unlink(missing_ok=True)   # a table of an earlier dataset there is stale
+    else:
+        spans = {v: (int(scans[v]["numbers"][0]), int(scans[v]["numbers"][-1])) for v in videos["video"]}
+        events = locate_events(events, spans, root / DISTRACTORS_FILE)
+        write_table(events, out / DISTRACTORS_FILE)
+        log.info("%s: %d distractor events (%s) -> %s", ctx.name, len(events),
+                 ", ".join(f"{k} {n}" for k, n in sorted(events["kind"].value_counts().items())),
+                 out / DISTRACTORS_FILE)
     write_table(frames, out / "frames.csv")
     write_table(annotations, out / "annotations.csv")
     write_table(videos, out / "videos.csv")

@@ -18,7 +18,10 @@ source_fps) are dropped, as the published SAMM-LV protocol does.
 
 Outputs under ``data/<ds>/resample/``: videos.csv (fps = target, n_frames = kept count,
 source_fps added), annotations.csv, frames.csv (kept frames only, renumbered 0..n-1,
-with their source_frame and path).
+with their source_frame and path), and distractors.csv when ingest wrote one (synthetic
+datasets): each event's start/end remapped by the same rule as an annotation's
+onset/offset (:func:`resample_events`; its apex is its middle frame), never dropped
+for length, ``source_*`` unchanged.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from tqdm.auto import tqdm
 from pipeline.core.section import Section, knob
 from pipeline.core.stage import StageContext, stage_main
 from pipeline.errors import ConfigError, InputError
-from pipeline.io.tables import (ANNOTATION_COLUMNS, FRAME_COLUMNS, read_annotations, read_frames, read_videos,
-                                write_table)
+from pipeline.io.tables import (ANNOTATION_COLUMNS, DISTRACTORS_FILE, FRAME_COLUMNS, read_annotations,
+                                read_distractors, read_frames, read_videos, write_table)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,33 @@ def resample_tables(videos: pd.DataFrame, annotations: pd.DataFrame, frames: pd.
     return vids, anns[ANNOTATION_COLUMNS + [c for c in anns.columns if c not in ANNOTATION_COLUMNS]], frms
 
 
+def resample_events(events: pd.DataFrame, videos: pd.DataFrame, target_fps: float) -> pd.DataFrame:
+    """Remap a distractor table's start/end (ingest positions) onto the frames kept at ``target_fps``.
+
+    ``videos`` is the ingest ``videos.csv`` (source fps and frame count per video). The
+    kept frames are :func:`kept_positions`' and the mapping is :func:`remap_intervals`, with
+    the event's middle frame as its apex: start -> first kept frame at or after it, end ->
+    last kept frame at or before it, an event holding no kept frame -> the kept frame
+    nearest its middle. Events of videos not in ``videos`` are left out.
+    """
+    out = []
+    info = {v["video"]: v for v in videos.to_dict("records")}
+    for video, rows in events.groupby("video", sort=False):
+        if video not in info:
+            log.info("resample: %d distractor(s) of video %s, not in videos.csv, left out", len(rows), video)
+            continue
+        v = info[video]
+        kept = kept_positions(int(v["n_frames"]), float(v["fps"]), target_fps)
+        start, end = rows["start"].to_numpy(np.int64), rows["end"].to_numpy(np.int64)
+        new_start, _, new_end = remap_intervals(start, (start + end) // 2, end, kept)
+        rows = rows.copy()
+        rows["start"], rows["end"] = new_start, new_end
+        out.append(rows)
+    if not out:
+        return events.iloc[:0].copy()
+    return pd.concat(out, ignore_index=True)
+
+
 def run(ctx: StageContext) -> None:
     """Resample the ingest tables of ``ctx``'s dataset into ``data/<ds>/resample/``."""
     p = ResampleParams.from_params(ctx.section())  # a bad key or value fails before any input is read
@@ -146,6 +176,11 @@ def run(ctx: StageContext) -> None:
     frames = read_frames(src / "frames.csv")
     vids, anns, frms = resample_tables(videos, annotations, frames, float(target), p.max_duration_s)
     out = ctx.paths.resample
+    events = read_distractors(src / DISTRACTORS_FILE)
+    if events is None:
+        (out / DISTRACTORS_FILE).unlink(missing_ok=True)   # a table of an earlier ingest there is stale
+    else:
+        write_table(resample_events(events, videos, float(target)), out / DISTRACTORS_FILE)
     write_table(frms, out / "frames.csv")
     write_table(anns, out / "annotations.csv")
     write_table(vids, out / "videos.csv")

@@ -42,6 +42,11 @@ class DataPaths:
         return self.base / "runs"
 
     @property
+    def baseline(self) -> Path:
+        """The non-learned baseline's predictions (stage ``baseline``)."""
+        return self.base / "baseline"
+
+    @property
     def evaluate(self) -> Path:
         return self.base / "evaluate"
 

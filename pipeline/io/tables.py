@@ -8,6 +8,12 @@
 * ``frames.csv``: video, frame (0-based position), source_frame (the dataset's frame
   number), path (image file; empty for video files, where source_frame is the
   0-based decode index). Resample keeps only the rows of kept frames, renumbered.
+* ``distractors.csv`` (only where the dataset brings one: the synthetic presets): video,
+  subject, kind (``blink``, ``turn``, ``jerk``, ``lighting``), start, end, source_start,
+  source_end, then the generator's own columns. start/end are 0-based positions in the
+  stage's frame sequence, inclusive, as onset/offset; ``source_*`` the dataset's numbers.
+  The dataset's own file (``data/raw/<ds>/distractors.csv``) has start/end in its numbering
+  and no ``source_*`` columns. Absent is normal: real datasets list no distractors.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ VIDEO_COLUMNS = ["video", "subject", "fps", "n_frames", "source", "kind", "color
 ANNOTATION_COLUMNS = ["video", "subject", "onset", "apex", "offset", "type",
                       "source_onset", "source_apex", "source_offset"]
 FRAME_COLUMNS = ["video", "frame", "source_frame", "path"]
+DISTRACTOR_COLUMNS = ["video", "subject", "kind", "start", "end", "source_start", "source_end"]
+#: The distractor table's file name, in a synthetic dataset's root and in the ingest/resample folders.
+DISTRACTORS_FILE = "distractors.csv"
 TYPES = ("macro", "micro")
 
 _DTYPES = {"video": str, "subject": str, "source": str, "kind": str, "type": str, "path": str}
@@ -59,6 +68,33 @@ def read_annotations(path: str | Path) -> pd.DataFrame:
 def read_frames(path: str | Path) -> pd.DataFrame:
     """Read a ``frames.csv``."""
     return read_table(path, FRAME_COLUMNS)
+
+
+def read_distractors(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """Read a ``distractors.csv``, or ``None`` when there is none (datasets without a distractor table).
+
+    ``columns``: the required columns (default :data:`DISTRACTOR_COLUMNS`; the dataset's own
+    file needs only video, subject, kind, start, end). start and end (and ``source_*`` when
+    present) must be integers with start <= end; other columns are kept as read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    df = read_table(path, DISTRACTOR_COLUMNS if columns is None else columns)
+    for col in [c for c in ("start", "end", "source_start", "source_end") if c in df.columns]:
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | (values.fillna(0) != values.fillna(0).round())
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(f"{path}: column '{col}' row {i + 2} holds '{df[col].iloc[i]}', expected an integer "
+                             "frame number. Fix the row or rerun the stage that writes this file.")
+        df[col] = values.astype("int64")
+    reversed_ = df["start"] > df["end"]
+    if reversed_.any():
+        i = int(reversed_.to_numpy().nonzero()[0][0])
+        raise InputError(f"{path}: row {i + 2} (video {df['video'].iloc[i]}) has start {df['start'].iloc[i]} > "
+                         f"end {df['end'].iloc[i]}. Fix the row or rerun the stage that writes this file.")
+    return df
 
 
 def to_source_frames(frames: pd.DataFrame, video: str, positions, end: bool = False) -> "list[int]":

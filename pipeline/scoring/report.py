@@ -257,3 +257,26 @@ def summary_markdown(doc: Mapping[str, Any], per_subject: pd.DataFrame, default_
             f"{s} {f:.3f}" for s, f in zip(worst["subject"], worst[col]))]
     return "\n".join(lines) + "\n"
 
+
+def baseline_markdown(doc: Mapping[str, Any]) -> str:
+    """The summary's comparison of IAENet and the non-learned baseline (``doc["baseline"]``): macro, micro
+    and overall F1 under the cross-fold and paper-optimistic protocols, default counting; "" without a baseline."""
+    base = doc.get("baseline")
+    if not base:
+        return ""
+    counting = base.get("counting", doc["default"]["counting"])
+    lines = ["", f"## IAENet beside a non-learned baseline ({counting})", "",
+             f"Baseline `{base['method']}`: {base.get('description') or 'no learning'}; its score thresholds are "
+             "chosen by the same protocols as IAENet's, so the gap is what learning adds.", "",
+             "| method | protocol | macro F1 | micro F1 | overall F1 | TP | FP | FN |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("cross-fold", "paper-optimistic"):
+        for label, blocks in (("IAENet", doc.get(counting, {})), ("baseline", base)):
+            b = blocks.get(name)
+            if not b:
+                continue
+            o = b["overall"]
+            lines.append(f"| {label} | {name} | {_fmt(b['macro']['f1'])} | {_fmt(b['micro']['f1'])} | "
+                         f"{_fmt(o['f1'])} | {o['tp']} | {o['fp']} | {o['fn']} |")
+    return "\n".join(lines) + "\n"
+

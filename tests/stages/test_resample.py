@@ -131,3 +131,44 @@ def test_params_are_checked_before_any_input_is_read(workspace):
         ("target_fsp", 25, r"resample\.target_fsp \(did you mean target_fps\?\)"),
         ("max_duration_s", "long", r"resample\.max_duration_s = 'long' is invalid"),
     ])
+
+
+def test_distractors_reach_resample_with_the_annotations_mapping(workspace):
+    """A dataset root's distractors.csv (200 fps, 1-based numbers) -> ingest positions -> the 30-fps frames
+    the same rule keeps for annotations; a dataset without one writes none (and a stale one goes)."""
+    from pipeline.io.tables import DISTRACTOR_COLUMNS, read_distractors
+
+    root = workspace.root / "data/raw/samm"
+    samm_dataset(root)
+    pd.DataFrame({"video": ["006_1", "006_1", "006_2", "006_2", "999_1"], "subject": ["006", "006", "006", "006", "999"],
+                  "kind": ["blink", "jerk", "blink", "turn", "blink"], "start": [8, 30, 15, 40, 1],
+                  "end": [20, 45, 19, 50, 5], "strength": [0.9, "", 0.8, "", 0.7]}
+                 ).to_csv(root / "distractors.csv", index=False)
+    workspace.preset("samm", root="data/raw/samm", layout="samm", frames_dir="SAMM_longvideos",
+                     annotation_file="SAMM_LongVideos_V?_Release.xlsx", source_fps=200, target_fps=30, color=False)
+    workspace.run("ingest", "samm")
+    workspace.run("resample", "samm")
+    ing = read_distractors(workspace.out("samm", "ingest") / "distractors.csv")
+    assert ing.columns.tolist() == DISTRACTOR_COLUMNS + ["strength"]
+    assert "999_1" not in set(ing["video"])                            # video not ingested: left out
+    # positions = number - 1; 006_2 has 45 frames, so the turn 40..50 is clipped to 40..45
+    assert ing[["video", "kind", "start", "end", "source_start", "source_end"]].values.tolist() == [
+        ["006_1", "blink", 7, 19, 8, 20], ["006_1", "jerk", 29, 44, 30, 45],
+        ["006_2", "blink", 14, 18, 15, 19], ["006_2", "turn", 39, 44, 40, 45]]
+    res = read_distractors(workspace.out("samm", "resample") / "distractors.csv")
+    # kept source positions 0, 6, 13, 20, 26, 33, 40, ...: 7..19 holds only 13 -> (2, 2); 29..44 -> 33, 40 = (5, 6);
+    # 14..18 holds no kept frame -> the one nearest its middle 16 (13, index 2); 39..44 -> 40 (index 6)
+    assert res[["start", "end"]].values.tolist() == [[2, 2], [5, 6], [2, 2], [6, 6]]
+    assert res[["source_start", "source_end"]].values.tolist() == ing[["source_start", "source_end"]].values.tolist()
+    assert res["strength"].tolist() == ing["strength"].tolist()
+    # the very mapping of annotation intervals: an annotation over the same source span lands on the same frames
+    on, _, off = remap_intervals(ing["start"], (ing["start"] + ing["end"]) // 2, ing["end"],
+                                 np.array(published_200_to_30(60)))
+    assert [on[0], off[0], on[1], off[1]] == [2, 2, 5, 6]
+    # no distractor table (every real dataset): nothing written, the earlier ones removed
+    (root / "distractors.csv").unlink()
+    workspace.run("ingest", "samm")
+    workspace.run("resample", "samm")
+    assert not (workspace.out("samm", "ingest") / "distractors.csv").exists()
+    assert not (workspace.out("samm", "resample") / "distractors.csv").exists()
+    assert read_annotations(workspace.out("samm", "resample") / "annotations.csv")["onset"].tolist()

@@ -79,6 +79,17 @@ def test_samm_layout_round_trips_through_ingest(workspace):
                                  "Type", "Action Units", "Notes"]
     assert set(raw["Type"]) <= {"Macro", "Micro - 1/2"}
     assert raw["Filename"].iloc[0] == "006_1_1"
+    # the generator's distractor table reaches ingest: positions = 1-based numbers - 1, the numbers kept
+    from pipeline.io.tables import read_distractors
+
+    events = pd.read_csv(root / "distractors.csv", dtype={"video": str, "subject": str})
+    ingested = read_distractors(workspace.out("ss", "ingest") / "distractors.csv")
+    assert len(events) > 0 and len(ingested) == len(events)
+    events = events.sort_values(["video", "start", "kind"]).reset_index(drop=True)
+    ingested = ingested.sort_values(["video", "source_start", "kind"]).reset_index(drop=True)
+    assert ingested["kind"].tolist() == events["kind"].tolist()
+    assert ingested["source_start"].tolist() == events["start"].tolist() == (ingested["start"] + 1).tolist()
+    assert ingested["source_end"].tolist() == events["end"].tolist() == (ingested["end"] + 1).tolist()
 
 
 def test_mp4_format_round_trips_through_generic_ingest(workspace):
