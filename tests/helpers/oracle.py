@@ -166,13 +166,28 @@ RECIPE_KEYS = ("lr", "weight_decay", "batch_size", "epochs", "warmup_epochs", "s
 
 
 def run_learning_chain(workspace: Any, model_preset: str, spec: OracleSpec = OracleSpec(), name: str = "oracle",
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, input_norm: bool = False) -> dict[str, Any]:
     """Write an oracle dataset ``name`` into ``workspace`` (``tests/conftest.py``'s Workspace, the
     current directory), then run the real ``train`` and ``evaluate`` stages on it with the model
     preset ``model_preset`` and its own recipe (every recipe key of params.yaml ``train`` null),
-    on the CPU, LOSO folds only (no final model). Returns ``metrics/<name>.json``."""
+    on the CPU, LOSO folds only (no final model). Returns ``metrics/<name>.json``.
+
+    ``input_norm`` False runs the preset without its ``model.input_norm`` block (the workspace
+    gets a copy of the preset without it): the oracle's signal is one channel per type at
+    1 among noise channels of sigma 0.1, a scale per-channel standardisation would undo
+    by making every noise channel as large as the signal (a harder task, not the chain under
+    test; docs/learning_chain.md)."""
     import json
 
+    import yaml
+
+    from pipeline.learning.presets import load_model_preset
+
+    if not input_norm:
+        preset = load_model_preset(model_preset)
+        preset["model"].pop("input_norm", None)
+        (workspace.root / "configs").mkdir(exist_ok=True)
+        (workspace.root / "configs" / f"{model_preset}.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
     workspace.preset(name, layout="generic", root=f"data/raw/{name}", model_preset=model_preset,
                      source_fps=spec.fps, target_fps=spec.fps, color=True)
     workspace.set_params("train", device="cpu", seed=seed, model_preset=None, folds=None, final_model=False,
