@@ -1,4 +1,4 @@
-"""Stage ``features``: I3D RGB and flow features per clip, from the face crops and the flow.
+"""Stage ``features``: per 8-frame clip, I3D RGB + flow (or roi_flow motion) features from crops and flow.
 
 Reads ``data/<ds>/faces/<video>.h5`` (``frames`` uint8 [T, H, W, C]) and
 ``data/<ds>/flow/<video>.h5`` (``flow`` float16 [T-1, H, W, 2]) and writes

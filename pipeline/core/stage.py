@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +72,11 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
-def stage_parser(stage: str) -> argparse.ArgumentParser:
-    """The arguments every stage takes."""
-    p = argparse.ArgumentParser(prog=f"python -m pipeline.{stage}", description=f"m2es stage '{stage}'.")
+def stage_parser(stage: str, description: str = "") -> argparse.ArgumentParser:
+    """The arguments every stage takes; ``description`` says what the stage does."""
+    p = argparse.ArgumentParser(prog=f"m2es {stage}", description=(
+        f"{description}\n\nRun by `dvc repro` as {stage}@<dataset>; also `python -m pipeline.{stage}`."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="dataset preset name (configs/datasets/<name>.yaml)")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--data-root", default="data", help="where stage outputs go (default: data); "
@@ -83,11 +86,23 @@ def stage_parser(stage: str) -> argparse.ArgumentParser:
     return p
 
 
+def summary_line(docstring: str | None) -> str:
+    """The first line of a module docstring as plain text (no ``Stage ``x``:`` prefix, no rST quotes)."""
+    line = (docstring or "").strip().split("\n")[0]
+    line = re.sub(r"^(Stage )?``[^`]*``:\s*", "", line)
+    return line.replace("``", "")
+
+
+def stage_description(run: Callable[..., Any]) -> str:
+    """What a stage does: the first line of the docstring of the module that defines ``run``."""
+    return summary_line(getattr(sys.modules.get(run.__module__), "__doc__", None))
+
+
 def stage_main(stage: str, run: Callable[[StageContext], None]) -> Callable[[Sequence[str] | None], int]:
     """Wrap ``run`` into a ``main(argv) -> exit code`` with the common arguments."""
 
     def main(argv: Sequence[str] | None = None) -> int:
-        args = stage_parser(stage).parse_args(argv)
+        args = stage_parser(stage, stage_description(run)).parse_args(argv)
         setup_logging(args.verbose)
         try:
             ctx = make_context(stage, args.dataset, args.params, args.data_root, fail_fast=args.fail_fast)

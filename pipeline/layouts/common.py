@@ -70,6 +70,10 @@ ROW_COLUMNS = ["video", "subject", "type", "source_onset", "source_apex", "sourc
 def dataset_root(preset: Mapping[str, Any]) -> Path:
     """The dataset's root folder, checked to exist."""
     root = Path(str(preset["root"]))
+    if not root.is_dir() and preset.get("synthetic"):
+        name = preset.get("name")
+        raise InputError(f"dataset root {root} (synthetic preset '{name}') does not exist yet: run "
+                         f"`dvc repro synth@{name}` (or `m2es synth --dataset {name}`) first, which generates it.")
     if not root.is_dir():
         raise InputError(
             f"dataset root {root} (preset '{preset.get('name')}') does not exist. Link or copy the dataset "

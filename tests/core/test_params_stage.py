@@ -88,10 +88,30 @@ def test_cli_dispatches_and_rejects_unknown(capsys) -> None:
     assert main(["bogus"]) == 2
     assert "unknown command" in capsys.readouterr().err
     assert main(["--help"]) == 0
-    assert "overlap" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # every command listed with one line on what it does, read from its module's docstring
+    assert "  overlap   Crop and flow at once" in out and "  synth     generate a synthetic dataset" in out
+    assert "  baseline  a non-learned spotter" in out and "``" not in out
     with pytest.raises(SystemExit) as exc:  # argparse of pipeline.overlap
         main(["overlap", "--help"])
     assert exc.value.code == 0 and "--dataset" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # a stage: its own name and what it does, not "m2es stage 'train'"
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and out.startswith("usage: m2es train")
+    assert "IAENet, leave-one-subject-out" in out and "m2es stage" not in out
+
+
+def test_a_synthetic_preset_without_its_data_says_run_synth_first(tmp_path, monkeypatch) -> None:
+    from pipeline.errors import InputError
+    from pipeline.layouts.common import dataset_root
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"run `dvc repro synth@toy` .*first") as exc:
+        dataset_root({"name": "toy", "root": "data/raw/toy", "synthetic": True})
+    assert "ln -s" not in str(exc.value)
+    with pytest.raises(InputError, match="ln -s"):       # a real dataset: link or copy it
+        dataset_root({"name": "casme2", "root": "data/raw/casme2"})
 
 
 def test_to_source_frames_maps_onsets_and_offsets() -> None:
