@@ -12,6 +12,7 @@ import argparse
 import logging
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -104,12 +105,14 @@ def stage_main(stage: str, run: Callable[[StageContext], None]) -> Callable[[Seq
     def main(argv: Sequence[str] | None = None) -> int:
         args = stage_parser(stage, stage_description(run)).parse_args(argv)
         setup_logging(args.verbose)
+        start = time.monotonic()
         try:
             ctx = make_context(stage, args.dataset, args.params, args.data_root, fail_fast=args.fail_fast)
             run(ctx)
         except M2esError as exc:
             log.error("%s@%s: %s", stage, args.dataset, exc)
             return EXIT_USER_ERROR
+        log.info("%s@%s: done in %.1f s", stage, args.dataset, time.monotonic() - start)
         return 0
 
     main.__doc__ = f"Entry point of stage '{stage}': ``python -m pipeline.{stage} --dataset NAME``."

@@ -144,3 +144,15 @@ def test_repository_params_and_presets_pass_every_declaration() -> None:
     assert IngestParams.from_params({}) == IngestParams.from_params(params["ingest"])
     synth = {k: v for k, v in params["synth"].items() if k not in ("face", "expressions", "distractors")}
     assert SynthParams.from_params({}) == SynthParams.from_params(synth)
+
+
+def test_a_stage_logs_how_long_it_took(tmp_path, monkeypatch, capsys) -> None:
+    import re
+
+    from pipeline.core.stage import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "params.yaml", {"x": {}})
+    _write(tmp_path / "configs" / "datasets" / "d.yaml", {"layout": "generic", "root": "r"})
+    assert stage_main("x", lambda ctx: None)(["--dataset", "d"]) == 0
+    assert re.search(r"x@d: done in \d+\.\d s", capsys.readouterr().err)
