@@ -8,13 +8,27 @@ arithmetic). For SAMM-LV 200 -> 30 fps this is exactly the published rule: group
 the source rate is refused (frames are never duplicated). Short videos are kept as
 they are, never merged.
 
-Annotations are remapped onto the kept frames (:func:`remap_intervals`): onset -> the
-first kept frame at or after it, offset -> the last kept frame at or before it, apex ->
-the nearest kept frame (the earlier one on a tie), clipped into [onset, offset]. An
-interval that holds no kept frame becomes the single kept frame nearest its apex.
-This agrees within one frame with the published ``ceil(frame / (20/3))``. Intervals
-longer than ``max_duration_s`` seconds at the source rate ((offset - onset + 1) /
-source_fps) are dropped, as the published SAMM-LV protocol does.
+Annotations are remapped onto the kept frames (:func:`remap_intervals`) by one of two
+rules, ``resample.interval_map``:
+
+* ``published`` (default; the published SAMM-LV tooling): every frame, onset, apex and
+  offset alike, -> the last kept frame at or before it. For SAMM-LV (1-based frame
+  numbers f, 200 -> 30 fps) that is 0-based position ``ceil(3f / 20) - 1``, i.e. the
+  published processed table's 1-based ``ceil(f / (20/3))`` minus one. The tooling itself
+  divided by 6.667, which differs from exact 20/3 on a few frames (docs/reproduce.md).
+* ``kept_frames`` (ours; the synthetic SAMM-LV preset): onset -> the first kept frame at
+  or after it, offset -> the last kept frame at or before it, apex -> the nearest kept
+  frame (the earlier one on a tie), clipped into [onset, offset]; an interval that holds
+  no kept frame becomes the single kept frame nearest its apex. The 30-fps interval then
+  covers only frames inside the source interval; its onset is one frame later than the
+  published one unless the source onset is itself a kept frame.
+
+Intervals longer than ``max_duration_s`` seconds at the source rate are dropped, as the
+published SAMM-LV protocol does; ``resample.duration_rule`` says how an interval's length
+is counted (:func:`too_long`): ``published`` (default) ``offset - onset`` frames, so an
+interval is kept while ``offset - onset <= max_duration_s * source_fps`` (published: ``<=
+800`` at 200 fps); ``inclusive`` ``offset - onset + 1`` frames (one frame shorter limit).
+Both compare exactly (rational arithmetic).
 
 Outputs under ``data/<ds>/resample/``: videos.csv (fps = target, n_frames = kept count,
 source_fps added), annotations.csv, frames.csv (kept frames only, renumbered 0..n-1,
@@ -43,6 +57,9 @@ from pipeline.io.tables import (ANNOTATION_COLUMNS, DISTRACTORS_FILE, FRAME_COLU
 
 log = logging.getLogger(__name__)
 
+INTERVAL_MAPS = ("published", "kept_frames")   # resample.interval_map
+DURATION_RULES = ("published", "inclusive")    # resample.duration_rule
+
 
 @dataclass(frozen=True)
 class ResampleParams(Section):
@@ -52,6 +69,8 @@ class ResampleParams(Section):
 
     target_fps: float | None = knob(None, min=0.0)      # a preset's target_fps wins; None: the preset must set it
     max_duration_s: float | None = knob(None, min=0.0)  # drop longer intervals; None: keep every interval
+    interval_map: str = knob("published", choices=INTERVAL_MAPS)     # annotation frames -> kept frames
+    duration_rule: str = knob("published", choices=DURATION_RULES)   # interval length for max_duration_s
 
 
 def _fraction(value: float | int | str) -> Fraction:
@@ -76,11 +95,22 @@ def kept_positions(n_frames: int, source_fps: float, target_fps: float) -> np.nd
     return (j * ratio.numerator) // ratio.denominator
 
 
-def remap_intervals(onset: np.ndarray, apex: np.ndarray, offset: np.ndarray,
-                    kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map source positions of intervals to positions in the kept sequence (rules in the module doc)."""
+def remap_intervals(onset: np.ndarray, apex: np.ndarray, offset: np.ndarray, kept: np.ndarray,
+                    rule: str = "kept_frames") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map source positions of intervals to positions in the kept sequence.
+
+    ``rule`` is ``resample.interval_map`` (module doc): ``published`` maps every frame to
+    the last kept frame at or before it; ``kept_frames`` (this function's default) maps
+    the onset forward and the offset back onto kept frames inside the interval.
+    """
+    if rule not in INTERVAL_MAPS:
+        raise ConfigError(f"resample.interval_map = {rule!r}: expected one of {', '.join(INTERVAL_MAPS)}.")
     kept = np.asarray(kept)
     onset, apex, offset = (np.asarray(a, dtype=np.int64) for a in (onset, apex, offset))
+    if rule == "published":
+        new_on, new_apex, new_off = (np.clip(np.searchsorted(kept, a, side="right") - 1, 0, len(kept) - 1)
+                                     for a in (onset, apex, offset))
+        return new_on, np.clip(new_apex, new_on, new_off), new_off
     new_on = np.searchsorted(kept, onset, side="left")
     new_off = np.searchsorted(kept, offset, side="right") - 1
     right = np.clip(np.searchsorted(kept, apex, side="left"), 0, len(kept) - 1)
@@ -93,9 +123,29 @@ def remap_intervals(onset: np.ndarray, apex: np.ndarray, offset: np.ndarray,
     return new_on, new_apex, new_off
 
 
+def too_long(onset: np.ndarray, offset: np.ndarray, source_fps: float, max_duration_s: float,
+             rule: str = "published") -> np.ndarray:
+    """Which intervals are longer than ``max_duration_s`` seconds at ``source_fps`` (exact comparison).
+
+    ``rule`` is ``resample.duration_rule``: ``published`` counts ``offset - onset`` frames
+    (published SAMM-LV: kept while ``offset - onset <= 800`` at 200 fps), ``inclusive``
+    counts ``offset - onset + 1`` (every frame of the inclusive interval).
+    """
+    if rule not in DURATION_RULES:
+        raise ConfigError(f"resample.duration_rule = {rule!r}: expected one of {', '.join(DURATION_RULES)}.")
+    length = np.asarray(offset, dtype=np.int64) - np.asarray(onset, dtype=np.int64) + (rule == "inclusive")
+    limit = _fraction(max_duration_s) * _fraction(source_fps)       # in frames, exact
+    return length * limit.denominator > limit.numerator
+
+
 def resample_tables(videos: pd.DataFrame, annotations: pd.DataFrame, frames: pd.DataFrame, target_fps: float,
-                    max_duration_s: float | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Resample ingest tables to ``target_fps``; returns (videos, annotations, frames)."""
+                    max_duration_s: float | None, interval_map: str = "published", duration_rule: str = "published"
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Resample ingest tables to ``target_fps``; returns (videos, annotations, frames).
+
+    ``interval_map`` and ``duration_rule`` are ``resample.interval_map`` and
+    ``resample.duration_rule`` (module doc; defaults: the published SAMM-LV protocol).
+    """
     out_videos: list[dict[str, Any]] = []
     out_frames: list[pd.DataFrame] = []
     out_ann: list[pd.DataFrame] = []
@@ -120,30 +170,33 @@ def resample_tables(videos: pd.DataFrame, annotations: pd.DataFrame, frames: pd.
             continue
         ann = ann.copy()
         if max_duration_s is not None:
-            long = (ann["offset"] - ann["onset"] + 1) / src > float(max_duration_s)
+            long = too_long(ann["onset"].to_numpy(), ann["offset"].to_numpy(), src, max_duration_s, duration_rule)
             dropped += int(long.sum())
             ann = ann[~long]
         on, ap, off = remap_intervals(ann["onset"].to_numpy(), ann["apex"].to_numpy(), ann["offset"].to_numpy(),
-                                      kept)
+                                      kept, interval_map)
         ann["onset"], ann["apex"], ann["offset"] = on, ap, off
         out_ann.append(ann)
     if dropped:
-        log.info("resample: %d interval(s) longer than %.3g s dropped (resample.max_duration_s)", dropped,
-                 max_duration_s)
+        log.info("resample: %d interval(s) longer than %.3g s dropped (resample.max_duration_s, duration_rule %s)",
+                 dropped, max_duration_s, duration_rule)
     vids = pd.DataFrame.from_records(out_videos, columns=list(videos.columns) + ["source_fps"])
     anns = (pd.concat(out_ann, ignore_index=True) if out_ann else pd.DataFrame(columns=ANNOTATION_COLUMNS))
     frms = (pd.concat(out_frames, ignore_index=True) if out_frames else pd.DataFrame(columns=FRAME_COLUMNS))
     return vids, anns[ANNOTATION_COLUMNS + [c for c in anns.columns if c not in ANNOTATION_COLUMNS]], frms
 
 
-def resample_events(events: pd.DataFrame, videos: pd.DataFrame, target_fps: float) -> pd.DataFrame:
+def resample_events(events: pd.DataFrame, videos: pd.DataFrame, target_fps: float,
+                    interval_map: str = "published") -> pd.DataFrame:
     """Remap a distractor table's start/end (ingest positions) onto the frames kept at ``target_fps``.
 
     ``videos`` is the ingest ``videos.csv`` (source fps and frame count per video). The
-    kept frames are :func:`kept_positions`' and the mapping is :func:`remap_intervals`, with
-    the event's middle frame as its apex: start -> first kept frame at or after it, end ->
-    last kept frame at or before it, an event holding no kept frame -> the kept frame
-    nearest its middle. Events of videos not in ``videos`` are left out.
+    kept frames are :func:`kept_positions`' and the mapping is :func:`remap_intervals` with
+    the annotations' ``interval_map`` and the event's middle frame as its apex (kept_frames:
+    start -> first kept frame at or after it, end -> last kept frame at or before it, an
+    event holding no kept frame -> the kept frame nearest its middle; published: start and
+    end -> the last kept frame at or before each). Events of videos not in ``videos`` are
+    left out.
     """
     out = []
     info = {v["video"]: v for v in videos.to_dict("records")}
@@ -154,7 +207,7 @@ def resample_events(events: pd.DataFrame, videos: pd.DataFrame, target_fps: floa
         v = info[video]
         kept = kept_positions(int(v["n_frames"]), float(v["fps"]), target_fps)
         start, end = rows["start"].to_numpy(np.int64), rows["end"].to_numpy(np.int64)
-        new_start, _, new_end = remap_intervals(start, (start + end) // 2, end, kept)
+        new_start, _, new_end = remap_intervals(start, (start + end) // 2, end, kept, interval_map)
         rows = rows.copy()
         rows["start"], rows["end"] = new_start, new_end
         out.append(rows)
@@ -174,13 +227,14 @@ def run(ctx: StageContext) -> None:
     videos = read_videos(src / "videos.csv")
     annotations = read_annotations(src / "annotations.csv")
     frames = read_frames(src / "frames.csv")
-    vids, anns, frms = resample_tables(videos, annotations, frames, float(target), p.max_duration_s)
+    vids, anns, frms = resample_tables(videos, annotations, frames, float(target), p.max_duration_s,
+                                       p.interval_map, p.duration_rule)
     out = ctx.paths.resample
     events = read_distractors(src / DISTRACTORS_FILE)
     if events is None:
         (out / DISTRACTORS_FILE).unlink(missing_ok=True)   # a table of an earlier ingest there is stale
     else:
-        write_table(resample_events(events, videos, float(target)), out / DISTRACTORS_FILE)
+        write_table(resample_events(events, videos, float(target), p.interval_map), out / DISTRACTORS_FILE)
     write_table(frms, out / "frames.csv")
     write_table(anns, out / "annotations.csv")
     write_table(vids, out / "videos.csv")
