@@ -49,8 +49,9 @@ from pipeline.scoring import report
 from pipeline.scoring.errors import analyse_errors, errors_markdown, plot_errors
 from pipeline.scoring.metrics import OVERALL, Counts, Matching, count_by_type, counts_by_group, match
 from pipeline.scoring.params import EvaluateParams
-from pipeline.scoring.protocols import (OUTPUT_NAMES, Choice, Cube, build_cube, f1_curve, save_thresholds,
-                                        select_cross_fold, select_fixed, select_paper, selection_mask)
+from pipeline.scoring.protocols import (OUTPUT_NAMES, Choice, Cube, build_cube, f1_curve, paper_search,
+                                        save_thresholds, select_cross_fold, select_fixed, select_paper,
+                                        selection_mask)
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +86,29 @@ class Evaluation:
     cube: Cube
     all_subjects: tuple[Choice, float]
     results: dict[str, ProtocolResult]
+    paper_search: dict[str, Any] | None = None   # the published search's settings, when ``paper`` ran it
 
 
 def evaluate_predictions(pred: pd.DataFrame, gt: pd.DataFrame, subjects: Sequence[str], settings: EvaluateParams,
                          counting: str) -> Evaluation:
-    """Match once, build the threshold cube, and run every protocol of ``settings`` under ``counting``."""
+    """Match once, build the threshold cube, and run every protocol of ``settings`` under ``counting``.
+
+    The all-subjects choice (``thresholds.json``) is m2es's own search on the shared grid; the ``paper``
+    protocol is the same choice unless ``evaluate.paper_search`` asks for another search (the published
+    one: :func:`pipeline.scoring.protocols.paper_search`)."""
     epochs = sorted(int(e) for e in pred["epoch"].unique()) or [0]
     matching = match(pred, gt, settings.iou_threshold, counting)
     cube = build_cube(pred, gt, matching, subjects, epochs, settings.grid)
     paper_choice = select_paper(cube)
+    search = settings.search
     results: dict[str, ProtocolResult] = {}
     for protocol in settings.protocols:
+        if protocol == "paper" and not search.shared:
+            choice, _, mask = paper_search(pred, gt, matching, subjects, epochs, search)
+            choices = {s: choice for s in subjects}
+            results[protocol] = ProtocolResult(protocol, counting, choices, mask,
+                                               count_by_type(pred, gt, matching, mask))
+            continue
         if protocol == "paper":
             choices = {s: paper_choice[0] for s in subjects}
         elif protocol == "cross-fold":
@@ -105,7 +118,8 @@ def evaluate_predictions(pred: pd.DataFrame, gt: pd.DataFrame, subjects: Sequenc
             choices = {s: fixed for s in subjects}
         mask = selection_mask(pred, choices)
         results[protocol] = ProtocolResult(protocol, counting, choices, mask, count_by_type(pred, gt, matching, mask))
-    return Evaluation(counting, matching, cube, paper_choice, results)
+    return Evaluation(counting, matching, cube, paper_choice, results,
+                      None if search.shared else search.as_dict())
 
 
 def _protocol_block(res: ProtocolResult, ev: Evaluation) -> dict[str, Any]:
@@ -121,6 +135,8 @@ def _protocol_block(res: ProtocolResult, ev: Evaluation) -> dict[str, Any]:
         }
     else:
         block["selection"] = next(iter(res.choices.values())).as_dict() if res.choices else {}
+    if res.protocol == "paper" and ev.paper_search is not None:
+        block["search"] = ev.paper_search   # evaluate.paper_search (published); absent: m2es's own search
     return block
 
 
@@ -213,8 +229,10 @@ def evaluate_baseline(paths: DataPaths, videos: pd.DataFrame, gt: pd.DataFrame, 
             method = json.loads(method_path.read_text())
         except (OSError, ValueError) as exc:
             raise InputError(f"{method_path}: unreadable ({exc}). Rerun the baseline stage.") from None
-    # one set of predictions (epoch 0): the fixed protocol takes it whatever epoch IAENet's names
-    own = dataclasses.replace(settings, fixed={**settings.fixed, "epoch": "last"})
+    # one set of predictions (epoch 0): the fixed protocol and the paper search take it whatever epochs
+    # IAENet's name
+    own = dataclasses.replace(settings, fixed={**settings.fixed, "epoch": "last"},
+                              paper_search={**settings.paper_search, "epochs": "all"})
     ev = evaluate_predictions(pred, gt, subjects, own, settings.default_counting)
     block: dict[str, Any] = {"method": method.get("method", "baseline"), "description": method.get("description", ""),
                              "version": method.get("version"), "params": method.get("params", {}),

@@ -22,7 +22,7 @@ from models.iaenet import build_model
 from pipeline.errors import ConfigError
 from pipeline.learning.data import Prepared
 from pipeline.learning.ema import WeightAverage
-from pipeline.learning.postprocess import predictions_from_outputs, run_windows
+from pipeline.learning.postprocess import check_inference, predictions_from_outputs, run_windows
 from pipeline.learning.recipe import TrainRecipe, lr_factor
 from pipeline.learning.step import StepTensors, TrainStep
 
@@ -40,6 +40,7 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
 
     Returns (model, predictions with an ``epoch`` column, per-epoch history).
     """
+    check_inference(preset["inference"])   # a bad suppression switch fails before training, not after an epoch
     device = prep.bank.data.device
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -77,7 +78,8 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
         if test_idx is not None and len(test_idx) and epoch + 1 >= cfg.first_predicted_epoch:
             wins = prep.test.subset(np.asarray(test_idx))
             logits, dists = run_windows(scored, prep.bank, wins, prep.spec.steps, cfg.eval_batch_size, cfg.precision)
-            df = predictions_from_outputs(logits, dists, wins, prep.spec, prep.grid, preset["inference"])
+            df = predictions_from_outputs(logits, dists, wins, prep.spec, prep.grid, preset["inference"],
+                                          epoch + 1)
             df.insert(1, "epoch", epoch + 1)
             preds.append(df)
         log.debug("%s epoch %d: loss %.4f cls %.4f reg %.4f lr %.2e", desc, epoch + 1, *mean, lr_epoch)

@@ -9,14 +9,24 @@ interval = point ± distance, clipped to the window's frames inside the video
 Suppression per video and class (``inference`` section of the model preset):
 * ``nms``: greedy 1-D NMS, a candidate is dropped when its IoU with a kept one
   exceeds ``iou``; at most ``top_k`` kept; then intervals with
-  ``offset - onset < min_length`` are dropped (the published order).
+  ``offset - onset < min_length`` are dropped (the published order). Equal scores:
+  ``nms_ties: later`` takes the later candidate first (published: the reverse of an
+  ascending argsort), ``earlier`` the earlier one.
 * ``wbf``: candidates below the class's ``score_floor`` are skipped; in descending
   score order each joins the fused box it overlaps best with IoU > ``iou`` or starts a
   new one; a fused box's ends are the score**power-weighted mean of its members' and
-  its score their mean score**power; then short intervals are dropped and at most
-  ``top_k`` kept per class.
-IoU here is continuous: intersection / union of [onset, offset] with length
-offset - onset. Output onset/offset are rounded half up to frame indices.
+  its score their mean score**power (a box that never merged keeps its own score with
+  ``wbf_unmerged_score: raw``, published, or gets score**power with ``power``); then
+  short intervals are dropped, and at most ``top_k`` kept per class when ``wbf_top_k``
+  is true (the published code keeps all).
+* ``wbf_from_epoch`` (with ``method: wbf``): predictions after fewer epochs than this use
+  ``nms`` (published SAMM-LV: NMS for its 0-based epochs < 15, i.e. up to m2es's epoch 15,
+  WBF from epoch 16); null: WBF at every epoch. The epoch is the count of epochs trained
+  (``loop.py``: epoch + 1; ``m2es spot``: the final model's last); none given: the method.
+A key missing from a preset (checkpoints from before it existed) takes m2es's earlier
+behaviour: WBF every epoch, WBF capped at ``top_k``, unmerged scores powered, earlier
+proposal first on ties. IoU here is continuous: intersection / union of [onset, offset]
+with length offset - onset. Output onset/offset are rounded half up to frame indices.
 """
 
 from __future__ import annotations
@@ -45,10 +55,24 @@ def iou_1d(onset: float, offset: float, onsets: np.ndarray, offsets: np.ndarray)
     return np.divide(inter, union, out=out, where=union > 0)
 
 
+#: ``inference`` keys of the suppression switches, their allowed values and the value a preset without the key
+#: gets (m2es's behaviour before the switches existed; the paper presets set the published ones)
+NMS_TIES = ("earlier", "later")
+UNMERGED_SCORES = ("power", "raw")
+SWITCH_DEFAULTS = {"nms_ties": "earlier", "wbf_top_k": True, "wbf_unmerged_score": "power", "wbf_from_epoch": None}
+
+
 def nms_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: float,
-           top_k: int | None = None) -> np.ndarray:
-    """Greedy 1-D NMS: indices kept, best first; suppress IoU > ``iou``; stop at ``top_k``."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
+           top_k: int | None = None, ties: str = "earlier") -> np.ndarray:
+    """Greedy 1-D NMS: indices kept, best first; suppress IoU > ``iou``; stop at ``top_k``. Equal scores:
+    ``earlier`` takes the earlier index first, ``later`` the later one (the published code's
+    ``scores.argsort()[::-1]``)."""
+    if ties == "later":
+        order = np.argsort(np.asarray(scores), kind="stable")[::-1]
+    elif ties == "earlier":
+        order = np.argsort(-np.asarray(scores), kind="stable")
+    else:
+        raise ConfigError(f"inference.nms_ties '{ties}' is not one of {', '.join(NMS_TIES)}. Fix the model preset.")
     keep: list[int] = []
     while order.size and (top_k is None or len(keep) < top_k):
         i = order[0]
@@ -59,8 +83,13 @@ def nms_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: flo
 
 
 def wbf_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: float, floor: float = 0.0,
-           power: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """1-D weighted boxes fusion of one class: (onsets, offsets, scores) of fused boxes, best first."""
+           power: float = 1.0, unmerged: str = "power") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D weighted boxes fusion of one class: (onsets, offsets, scores) of fused boxes, best first.
+    A box that merged nothing scores its member's score**power (``unmerged: power``) or its raw score
+    (``raw``, the published code)."""
+    if unmerged not in UNMERGED_SCORES:
+        raise ConfigError(f"inference.wbf_unmerged_score '{unmerged}' is not one of {', '.join(UNMERGED_SCORES)}. "
+                          "Fix the model preset.")
     onsets, offsets, scores = (np.asarray(a, np.float64) for a in (onsets, offsets, scores))
     sel = scores >= floor
     onsets, offsets, scores = onsets[sel], offsets[sel], scores[sel]
@@ -68,6 +97,7 @@ def wbf_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: flo
     n = len(order)
     f_on, f_off = np.zeros(n), np.zeros(n)           # current fused ends
     s_w, s_on, s_off, cnt = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    own = np.zeros(n)                                 # each box's first member's raw score
     k = 0
     for j in order:
         w = scores[j] ** power
@@ -79,6 +109,7 @@ def wbf_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: flo
                 best = b
         if best < 0:
             best = k
+            own[k] = scores[j]
             k += 1
         s_w[best] += w
         s_on[best] += w * onsets[j]
@@ -87,33 +118,66 @@ def wbf_1d(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, iou: flo
         f_on[best] = s_on[best] / s_w[best]
         f_off[best] = s_off[best] / s_w[best]
     fused_score = s_w[:k] / np.maximum(cnt[:k], 1)
+    if unmerged == "raw":   # a one-member box keeps its member's score (its ends are the member's either way)
+        fused_score = np.where(cnt[:k] == 1, own[:k], fused_score)
     out = np.argsort(-fused_score, kind="stable")
     return f_on[:k][out], f_off[:k][out], fused_score[out]
 
 
-def suppress_arrays(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                    inference: Mapping[str, Any]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per-class suppression of one video's candidates → [(type, onsets, offsets, scores)] per class,
-    classes in id order, intervals best first (the rows of :func:`suppress`)."""
+def check_inference(inference: Mapping[str, Any]) -> None:
+    """Refuse a bad value of a suppression switch before any model trains (ConfigError naming the key)."""
+    method_at(inference, None)
+    for key, allowed in (("nms_ties", NMS_TIES), ("wbf_unmerged_score", UNMERGED_SCORES), ("wbf_top_k", (True, False))):
+        value = inference.get(key, SWITCH_DEFAULTS[key])
+        if not any(value == a and isinstance(value, bool) == isinstance(a, bool) for a in allowed):
+            raise ConfigError(f"inference.{key} = {value!r} is not one of {', '.join(map(str, allowed))}. "
+                              "Fix the model preset.")
+
+
+def method_at(inference: Mapping[str, Any], epoch: int | None) -> str:
+    """The suppression method of predictions made after ``epoch`` epochs (1-based count; None: the
+    preset's ``method``): ``nms`` before ``wbf_from_epoch`` when the method is ``wbf`` and that key is set."""
     method = str(inference.get("method", "nms"))
+    start = inference.get("wbf_from_epoch", SWITCH_DEFAULTS["wbf_from_epoch"])
+    if start is not None and (isinstance(start, bool) or not isinstance(start, int)):
+        raise ConfigError(f"inference.wbf_from_epoch = {start!r}; use an epoch number (1-based) or null. "
+                          "Fix the model preset.")
+    if method == "wbf" and start is not None and epoch is not None and epoch < start:
+        return "nms"
+    return method
+
+
+def suppress_arrays(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                    inference: Mapping[str, Any],
+                    epoch: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per-class suppression of one video's candidates → [(type, onsets, offsets, scores)] per class,
+    classes in id order, intervals best first (the rows of :func:`suppress`). ``epoch``: the epochs the
+    model has trained (:func:`method_at`)."""
+    method = method_at(inference, epoch)
     iou = float(inference.get("iou", 0.01))
     top_k = int(inference.get("top_k", 30))
     min_len = float(inference.get("min_length", 4))
     floors = dict(inference.get("score_floor") or {})
     power = float(inference.get("wbf_power", 1.0))
+    ties = str(inference.get("nms_ties", SWITCH_DEFAULTS["nms_ties"]))
+    unmerged = str(inference.get("wbf_unmerged_score", SWITCH_DEFAULTS["wbf_unmerged_score"]))
+    cap = inference.get("wbf_top_k", SWITCH_DEFAULTS["wbf_top_k"])
+    check_inference(inference)
     out = []
     for cid, name in sorted(CLASS_NAMES.items()):
         m = classes == cid
         on, off, sc = onsets[m], offsets[m], scores[m]
         if method == "nms":
-            keep = nms_1d(on, off, sc, iou, top_k)
+            keep = nms_1d(on, off, sc, iou, top_k, ties)
             on, off, sc = on[keep], off[keep], sc[keep]
             long_enough = (off - on) >= min_len
             on, off, sc = on[long_enough], off[long_enough], sc[long_enough]
         elif method == "wbf":
-            on, off, sc = wbf_1d(on, off, sc, iou, float(floors.get(name, 0.0)), power)
+            on, off, sc = wbf_1d(on, off, sc, iou, float(floors.get(name, 0.0)), power, unmerged)
             long_enough = (off - on) >= min_len
-            on, off, sc = on[long_enough][:top_k], off[long_enough][:top_k], sc[long_enough][:top_k]
+            on, off, sc = on[long_enough], off[long_enough], sc[long_enough]
+            if cap:
+                on, off, sc = on[:top_k], off[:top_k], sc[:top_k]
         else:
             raise ConfigError(f"inference.method '{method}' is not one of nms, wbf. Fix the model preset.")
         out.append((name, on, off, sc))
@@ -130,9 +194,9 @@ def _frame(parts: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]) -> 
 
 
 def suppress(onsets: np.ndarray, offsets: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-             inference: Mapping[str, Any]) -> pd.DataFrame:
+             inference: Mapping[str, Any], epoch: int | None = None) -> pd.DataFrame:
     """Per-class suppression of one video's candidates → DataFrame onset, offset, type, score."""
-    parts = [("", *p) for p in suppress_arrays(onsets, offsets, scores, classes, inference)]
+    parts = [("", *p) for p in suppress_arrays(onsets, offsets, scores, classes, inference, epoch)]
     return _frame(parts).drop(columns="video")
 
 
@@ -192,8 +256,9 @@ def autocast(device: torch.device | str, precision: str, cache: bool = True):
 
 
 def predictions_from_outputs(logits: torch.Tensor, dists: torch.Tensor, windows: WindowSet, spec: WindowSpec,
-                             grid: PointGrid, inference: Mapping[str, Any]) -> pd.DataFrame:
-    """Decode and suppress the outputs of ``windows`` → predictions per video (PRED_COLUMNS)."""
+                             grid: PointGrid, inference: Mapping[str, Any], epoch: int | None = None) -> pd.DataFrame:
+    """Decode and suppress the outputs of ``windows`` → predictions per video (PRED_COLUMNS). ``epoch``: the
+    epochs the model has trained (the NMS-then-WBF schedule, :func:`method_at`)."""
     cand = decode(logits, dists, windows.start * spec.feature_stride, windows.valid * spec.feature_stride, grid,
                   str(inference.get("class_per_point", "argmax")))
     code, videos = pd.factorize(windows.video)          # videos in order of first appearance
@@ -207,7 +272,7 @@ def predictions_from_outputs(logits: torch.Tensor, dists: torch.Tensor, windows:
     for k, video in enumerate(videos):
         sel = order[bounds[k]:bounds[k + 1]]
         parts += [(video, *p) for p in suppress_arrays(cand["onset"][sel], cand["offset"][sel], cand["score"][sel],
-                                                       cand["class"][sel], inference)]
+                                                       cand["class"][sel], inference, epoch)]
     df = _frame(parts)
     df["onset"] = np.floor(df["onset"].to_numpy(np.float64) + 0.5).astype(np.int64)
     df["offset"] = np.floor(df["offset"].to_numpy(np.float64) + 0.5).astype(np.int64)
@@ -216,11 +281,12 @@ def predictions_from_outputs(logits: torch.Tensor, dists: torch.Tensor, windows:
 
 def predict_video(model: torch.nn.Module, features: np.ndarray | torch.Tensor, preset: Mapping[str, Any],
                   video: str = "video", batch_size: int = 512, precision: str = "fp32",
-                  device: torch.device | str | None = None) -> pd.DataFrame:
+                  device: torch.device | str | None = None, epoch: int | None = None) -> pd.DataFrame:
     """Spot intervals in one video: ``features`` [N, D] (rgb and flow concatenated) → DataFrame
     video, onset, offset, type, score (frames of the video, inclusive), using the
     preset's window geometry and ``inference`` settings. The model's device is used
-    unless ``device`` is given.
+    unless ``device`` is given. ``epoch``: the epochs the model has trained (``m2es spot``: the
+    final model's last), which picks NMS or WBF where the preset schedules them (:func:`method_at`).
     """
     feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if feats.ndim != 2:
@@ -232,4 +298,4 @@ def predict_video(model: torch.nn.Module, features: np.ndarray | torch.Tensor, p
     bank = FeatureBank({video: feats}, device=device)
     windows = make_test_windows(bank.lengths, spec)
     logits, dists = run_windows(model, bank, windows, spec.steps, batch_size, precision)
-    return predictions_from_outputs(logits, dists, windows, spec, grid, preset["inference"])
+    return predictions_from_outputs(logits, dists, windows, spec, grid, preset["inference"], epoch)

@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.core.section import Section, knob
 from pipeline.errors import ConfigError
 from pipeline.scoring.metrics import COUNTING_RULES
-from pipeline.scoring.protocols import PROTOCOLS, TIE_BREAKS, threshold_grid
+from pipeline.scoring.protocols import PAPER_SEARCH_DEFAULT, PROTOCOLS, TIE_BREAKS, PaperSearch, threshold_grid
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,10 @@ class EvaluateParams(Section):
     ``countings`` and ``protocols`` list distinct values, the first being the default
     (headline numbers, MEGC export, timelines); ``threshold_grid`` is ``{min, max, num}``
     (:attr:`grid` is the grid itself); ``fixed`` is checked against the predicted epochs
-    when the ``fixed`` protocol runs (:func:`pipeline.scoring.protocols.select_fixed`).
+    when the ``fixed`` protocol runs (:func:`pipeline.scoring.protocols.select_fixed`);
+    ``paper_search`` is how the ``paper`` protocol searches (:attr:`search`, a
+    :class:`pipeline.scoring.protocols.PaperSearch`; m2es's own search unless a dataset preset
+    sets the published one).
     """
 
     SECTION = "evaluate"
@@ -32,6 +35,7 @@ class EvaluateParams(Section):
     fixed: dict[str, Any] = knob({"thresholds": {"macro": 0.5, "micro": 0.5}, "epoch": "last"})
     timelines: int = knob(4, min=0)
     cross_fold_ties: str = knob("middle", choices=TIE_BREAKS)
+    paper_search: dict[str, Any] = knob(PAPER_SEARCH_DEFAULT)
 
     def check(self, where: str) -> None:
         """IoU in (0, 1]; countings and protocols distinct and known; a valid threshold grid."""
@@ -44,11 +48,17 @@ class EvaluateParams(Section):
                 raise ConfigError(f"{where}.{key} = {values}; list distinct values among "
                                   f"{', '.join(allowed)} (the first is the default).")
         threshold_grid(self.threshold_grid)
+        PaperSearch.from_section(self.paper_search, self.grid, f"{where}.paper_search")
 
     @property
     def grid(self) -> np.ndarray:
         """The score thresholds searched, per type (:func:`pipeline.scoring.protocols.threshold_grid`)."""
         return threshold_grid(self.threshold_grid)
+
+    @property
+    def search(self) -> PaperSearch:
+        """How the ``paper`` protocol searches (``paper_search`` over the shared grid)."""
+        return PaperSearch.from_section(self.paper_search, self.grid)
 
     @property
     def default_counting(self) -> str:

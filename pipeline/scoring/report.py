@@ -226,6 +226,13 @@ def summary_markdown(doc: Mapping[str, Any], per_subject: pd.DataFrame, default_
         lines.append("Counting `published` (the published code's rule) lets several predictions hit one ground truth: "
                      "TP can exceed the ground truths, so recall and F1 can exceed 1; FN counts ground truths that "
                      "no prediction found.")
+    search = next((b["search"] for c in doc["countings"] for b in doc[c].values() if "search" in b), None)
+    if search:
+        lines.append(f"`paper-optimistic` searches as `evaluate.paper_search` sets (docs/reproduce.md): epochs "
+                     f"{search['epochs']}, macro thresholds "
+                     f"{search['macro_grid'][0]:.3f}-{search['macro_grid'][1]:.3f}, "
+                     f"micro {search['micro_grid'][0]:.3f}-{search['micro_grid'][1]:.3f}, score {search['comparison']} "
+                     f"threshold, scores read as {search['score_text'] or 'predicted'}, ties {search['ties']}.")
     lines += [
         "",
         "| protocol | counting | macro F1 | micro F1 | overall F1 | precision | recall | TP | FP | FN | epoch | "
@@ -241,7 +248,8 @@ def summary_markdown(doc: Mapping[str, Any], per_subject: pd.DataFrame, default_
                 epoch = _spread(ps["epoch"], 0)
                 tma, tmi = _spread(ps["macro"]), _spread(ps["micro"])
             else:
-                epoch, tma, tmi = str(sel["epoch"]), f"{sel['macro']:.2f}", f"{sel['micro']:.2f}"
+                digits = 3 if "search" in block else 2   # the published search's thresholds step by 0.001
+                epoch, tma, tmi = str(sel["epoch"]), f"{sel['macro']:.{digits}f}", f"{sel['micro']:.{digits}f}"
             lines.append(f"| {name} | {counting} | {_fmt(block['macro']['f1'])} | {_fmt(block['micro']['f1'])} | "
                          f"{_fmt(o['f1'])} | {_fmt(o['precision'])} | {_fmt(o['recall'])} | {o['tp']} | {o['fp']} | "
                          f"{o['fn']} | {epoch} | {tma} | {tmi} |")

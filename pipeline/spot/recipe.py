@@ -67,6 +67,16 @@ class SpotModel:
         return self.blob["preset"]
 
     @property
+    def last_epoch(self) -> int | None:
+        """The epochs the model trained (its history's length, else its preset's ``train.epochs``): spot
+        predicts as the train stage did after that epoch (the model preset's NMS-then-WBF schedule)."""
+        history = (self.blob.get("extra") or {}).get("history")
+        if history:
+            return len(history)
+        epochs = (self.preset.get("train") or {}).get("epochs")
+        return int(epochs) if epochs is not None else None
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """Feature provenance stored in the checkpoint."""
         return dict(self.blob.get("provenance") or {})

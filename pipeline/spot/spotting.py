@@ -92,7 +92,7 @@ def spot_one(inp: SpotInput, model: SpotModel, settings: SpotParams, params: Map
         check_fed_features(attrs, feats.shape[1], model)
         device = next(model.model.parameters()).device
         cand = predict_video(model.model, feats, model.preset, VIDEO_NAME, batch_size=settings.batch_size,
-                             device=device)
+                             device=device, epoch=model.last_epoch)   # the final model's last epoch
         cand = cand.sort_values(["onset", "offset", "type"], kind="stable").reset_index(drop=True)
         lost = overlaps(cand["onset"].to_numpy(np.int64), cand["offset"].to_numpy(np.int64), spans)
         kept = apply_thresholds(cand[~lost].reset_index(drop=True), model.thresholds)
