@@ -70,16 +70,16 @@ ROW_COLUMNS = ["video", "subject", "type", "source_onset", "source_apex", "sourc
 def dataset_root(preset: Mapping[str, Any]) -> Path:
     """The dataset's root folder, checked to exist."""
     root = Path(str(preset["root"]))
-    if not root.is_dir() and preset.get("synthetic"):
-        name = preset.get("name")
-        raise InputError(f"dataset root {root} (synthetic preset '{name}') does not exist yet: run "
-                         f"`dvc repro synth@{name}` (or `m2es synth --dataset {name}`) first, which generates it.")
-    if not root.is_dir():
-        raise InputError(
-            f"dataset root {root} (preset '{preset.get('name')}') does not exist. Link or copy the dataset "
-            f"there (ln -s /path/to/dataset {root}) or set 'root' in configs/datasets/{preset.get('name')}.yaml."
-        )
-    return root
+    if root.is_dir():
+        return root
+    name = preset.get("name")
+    if preset.get("synthetic"):
+        fix = (f"does not exist yet: run `dvc repro synth@{name}` (or `m2es synth --dataset {name}`) first, "
+               "which generates it.")
+    else:
+        fix = (f"does not exist. Link or copy the dataset there (ln -s /path/to/dataset {root}) or set 'root' in "
+               f"configs/datasets/{name}.yaml.")
+    raise InputError(f"dataset root {root} ({'synthetic ' if preset.get('synthetic') else ''}preset '{name}') {fix}")
 
 
 def frames_root(preset: Mapping[str, Any], root: Path) -> Path:
