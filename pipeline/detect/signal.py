@@ -2,7 +2,7 @@
 
 From the flow fields and the reference landmarks, per expression region of
 :data:`pipeline.extract.roi_flow.REGIONS` (the ``head`` row is left out: it is the head's own
-motion), with :func:`pipeline.extract.roi_flow.field_stats` (so the regions, the head motion
+motion), with :func:`pipeline.extract.roi_flow.field_stats_spans` (so the regions, the head motion
 removed and the accumulation are exactly roi_flow's, with its ``features.roi`` knobs):
 
 1. **Displacement against a reference, both sides.** ``back(t)``: the mean magnitude of the
@@ -48,13 +48,13 @@ import numpy as np
 
 from pipeline.detect.params import BaselineParams
 from pipeline.extract.params import RoiParams
-from pipeline.extract.roi_flow import REGIONS, field_stats, make_plan
+from pipeline.extract.roi_flow import REGIONS, field_stats_spans, make_plan
 
 #: the eye regions, handled by ``baseline.eyes`` (blinks move them most)
 EYE_REGIONS: tuple[str, ...] = ("eye_r", "eye_l")
 MAD_TO_SIGMA = 1.4826  # the MAD of a normal distribution, in standard deviations
 COMBINED_FLOOR = 0.1  # smallest spread (z units) of the combined signal: guards a video with no motion at all
-MAG = 2  # column of the mean magnitude in field_stats' per-row statistics
+MAG = 2  # column of the mean magnitude in field_stats_spans' per-row statistics
 
 
 def region_names() -> list[str]:
@@ -107,19 +107,23 @@ def combine_eyes(z: np.ndarray, eye: np.ndarray, mode: str) -> np.ndarray:
     return z[:, ~eye] - z[:, eye].max(axis=1, keepdims=True)  # subtract
 
 
-def region_displacement(flow: Any, landmarks: np.ndarray, roi: RoiParams, span: int) -> np.ndarray:
-    """Per frame and expression region, the displacement of frame t against frame t - ``span`` (fewer at the
-    start): mean magnitude of roi_flow's head-free flow summed over the ``span`` fields before t, in percent
-    of the inter-ocular distance, float64 [T, regions] (frame 0: 0).
+def region_displacements(flow: Any, landmarks: np.ndarray, roi: RoiParams, spans: list[int]) -> list[np.ndarray]:
+    """Per span k of ``spans``, per frame and expression region, the displacement of frame t against
+    frame t - k (fewer at the start): mean magnitude of roi_flow's head-free flow summed over the k
+    fields before t, in percent of the inter-ocular distance, float64 [T, regions] (frame 0: 0).
+    One pass over the flow for every span (:func:`pipeline.extract.roi_flow.field_stats_spans`).
 
     ``flow``: [T-1, H, W, 2] pixels (an array or an h5py dataset, read chunk by chunk).
     """
     n_fields, height, width = flow.shape[0], flow.shape[1], flow.shape[2]
     plan = make_plan(landmarks, height, width, roi)
-    _, acc = field_stats(flow, plan, span)
-    out = np.zeros((n_fields + 1, len(REGIONS)))
-    out[1:] = acc[:, :len(REGIONS), MAG] * (100.0 / plan.iod)
-    return out
+    _, accs = field_stats_spans(flow, plan, spans)
+    outs = []
+    for acc in accs:
+        out = np.zeros((n_fields + 1, len(REGIONS)))
+        out[1:] = acc[:, :len(REGIONS), MAG] * (100.0 / plan.iod)
+        outs.append(out)
+    return outs
 
 
 def motion_signal(flow: Any, landmarks: np.ndarray, roi: RoiParams, params: BaselineParams,
@@ -127,8 +131,9 @@ def motion_signal(flow: Any, landmarks: np.ndarray, roi: RoiParams, params: Base
     """The baseline's motion signal of one video, float64 [T] (see the module docstring)."""
     eye = np.array([name in EYE_REGIONS for name in region_names()])
     combined = None
-    for span in params.reference_spans(roi.reference_pairs):
-        z = robust_z(two_sided(region_displacement(flow, landmarks, roi, span), span), params.noise_floor)
+    spans = params.reference_spans(roi.reference_pairs)
+    for span, displacement in zip(spans, region_displacements(flow, landmarks, roi, spans)):
+        z = robust_z(two_sided(displacement, span), params.noise_floor)
         s = top_k_mean(combine_eyes(z, eye, params.eyes), params.top_k)
         combined = s if combined is None else np.maximum(combined, s)
     assert combined is not None  # spans is never empty (BaselineParams.check)

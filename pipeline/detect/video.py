@@ -40,11 +40,7 @@ def baseline_video(task: VideoTask) -> pd.DataFrame:
         raise InputError(f"{p['flow']}: video '{video}' has {shape[0]} flow fields but resample/videos.csv says "
                          f"{n_frames} frames (expected {n_frames - 1} fields). The flow file is stale: rerun the "
                          "crop and flow stages for this video (dvc repro flow).")
-    try:
-        landmarks = read_landmarks(p["faces"], video, shape[1], shape[2])
-    except InputError as exc:
-        raise InputError(str(exc).replace("roi_flow places its regions", "the baseline places its regions")
-                         .replace(", or use features.backbone: i3d", "")) from None
+    landmarks = read_landmarks(p["faces"], video, shape[1], shape[2], use=("the baseline places its regions", ""))
     try:
         with h5py.File(p["flow"], "r") as f:
             signal = motion_signal(f["flow"], landmarks, roi, params, float(p["fps"]))

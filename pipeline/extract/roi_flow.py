@@ -47,7 +47,7 @@ them), divergence and strain in percent. Width: 16 rows x 6 = 96 per dataset, 19
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,17 +103,23 @@ def feature_names(stream: str) -> list[str]:
 # ------------------------------------------------------------------ landmarks
 
 
-def read_landmarks(faces_path: str | Path, video: str, height: int, width: int) -> np.ndarray:
+#: who needs the landmarks, and what else the user may do, in read_landmarks' errors (roi_flow's by default)
+ROI_FLOW_USE = ("roi_flow places its regions", ", or use features.backbone: i3d")
+
+
+def read_landmarks(faces_path: str | Path, video: str, height: int, width: int,
+                   use: tuple[str, str] = ROI_FLOW_USE) -> np.ndarray:
     """The 68 reference landmarks of ``video`` in the crop's pixel grid (x, y), float64 [68, 2].
 
     The crop stage stores them (attr ``landmarks``) in reference-frame pixels, with the
     crop box (``boxes[reference_frame]``, else attr ``box``, [x0, y0, x1, y1) in those
     pixels) that was resized to the ``height`` x ``width`` crop. Raises :class:`InputError`
-    naming the video and the fix when they are missing or unusable.
+    naming the video and the fix when they are missing or unusable; ``use`` is (who places what
+    on them, an alternative appended to the fix) for that message.
     """
     faces_path = Path(faces_path)
-    fix = ("roi_flow places its regions on them and cannot run without them: rerun the crop stage for this "
-           "video (dvc repro crop, or delete the file and rerun), or use features.backbone: i3d.")
+    fix = (f"{use[0]} on them and cannot run without them: rerun the crop stage for this "
+           f"video (dvc repro crop, or delete the file and rerun){use[1]}.")
     try:
         with h5py.File(faces_path, "r") as f:
             landmarks = f.attrs.get("landmarks")
@@ -328,25 +334,38 @@ def field_stats(flow: np.ndarray, plan: RoiPlan, reference_pairs: int,
 
     ``flow``: [T-1, H, W, 2] (pixels, any float dtype; an h5py dataset is read chunk by chunk).
     Accumulated: of the head-free flow and strain summed over the last ``reference_pairs``
-    fields (fewer at the video's start). Fields are handled ``chunk`` at a time (None: as
-    many as :data:`CHUNK_ELEMENTS` flow values), the last ``reference_pairs - 1`` fields'
-    pixel terms carried over.
+    fields (fewer at the video's start). :func:`field_stats_spans` with one span.
+    """
+    inst, acc = field_stats_spans(flow, plan, [reference_pairs], chunk)
+    return inst, acc[0]
+
+
+def field_stats_spans(flow: np.ndarray, plan: RoiPlan, spans: Sequence[int],
+                      chunk: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`field_stats` for several ``spans`` (reference_pairs) in one pass over the flow:
+    (instantaneous [T-1, rows, 5], [accumulated [T-1, rows, 5] per span]), float32.
+
+    Fields are handled ``chunk`` at a time (None: as many as :data:`CHUNK_ELEMENTS` flow values);
+    each field's pixel terms are computed once and the last ``max(spans) - 1`` carried over, so
+    every span's sums are those of a pass of its own.
     """
     n_fields = flow.shape[0]
     rows = len(ROWS)
     inst = np.zeros((n_fields, rows, 5), np.float32)
-    acc = np.zeros((n_fields, rows, 5), np.float32)
+    spans = [int(k) for k in spans]
+    accs = [np.zeros((n_fields, rows, 5), np.float32) for _ in spans]
     chunk = chunk or max(8, CHUNK_ELEMENTS // (2 * plan.height * plan.width))
-    K = int(reference_pairs)
+    keep = max(spans) - 1
     carry = np.zeros((0, 5, len(plan.pixels)), np.float32)
     for a in range(0, n_fields, chunk):
         q = _pixel_terms(flow[a:a + chunk], plan)
         n = q.shape[0]
         inst[a:a + n] = _row_stats(q, plan)
         buf = np.concatenate([carry, q]) if len(carry) else q
-        acc[a:a + n] = _row_stats(_sliding_sum(buf, K, len(carry)), plan)
-        carry = buf[max(0, len(buf) - (K - 1)):] if K > 1 else buf[:0]
-    return inst, acc
+        for K, acc in zip(spans, accs):
+            acc[a:a + n] = _row_stats(_sliding_sum(buf, K, len(carry)), plan)
+        carry = buf[max(0, len(buf) - keep):] if keep > 0 else buf[:0]
+    return inst, accs
 
 
 def clip_features(stats: np.ndarray, n_clips: int, clip: int, stride: int, scale: float) -> np.ndarray:

@@ -15,7 +15,7 @@ from pipeline.extract.params import NO_WEIGHTS, ROI_FLOW, ROI_VERSION, FeaturesP
 from pipeline.extract.prepare import clip_count
 from pipeline.extract.reader import Failed, VideoInput, VideoProbe
 from pipeline.extract.roi_flow import (DIM, REGIONS, ROWS, STATS, RoiFlowExtractor, feature_names, field_stats,
-                                       interocular, make_plan, read_landmarks, roi_features)
+                                       field_stats_spans, interocular, make_plan, read_landmarks, roi_features)
 from pipeline.extract.writer import video_digest, weights_identity
 from pipeline.io.artifacts import read_features
 from pipeline.io.h5io import atomic_h5, file_digest, read_attr_json
@@ -200,6 +200,17 @@ def test_field_statistics_do_not_depend_on_the_chunks_the_fields_are_cut_into() 
         cut = field_stats(flow, plan, 7, chunk=chunk)
         for a, b in zip(whole, cut):  # the same sums; only BLAS's blocking of other shapes rounds differently
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_several_spans_in_one_pass_equal_a_pass_per_span() -> None:
+    flow = (similarity_flow(30, seed=6) + bump(crop_landmarks()[48], (0.4, -0.2), 4.0)).astype(np.float16)
+    plan = make_plan(crop_landmarks(), S, S, ROI)
+    for chunk in (4, 30):  # the carry (max span - 1 = 11 fields) longer and shorter than a chunk
+        inst, accs = field_stats_spans(flow, plan, [1, 5, 12], chunk=chunk)
+        for k, acc in zip([1, 5, 12], accs):
+            one_inst, one_acc = field_stats(flow, plan, k, chunk=chunk)
+            np.testing.assert_array_equal(acc, one_acc)
+            np.testing.assert_array_equal(inst, one_inst)
 
 
 def test_displacements_are_in_percent_of_the_interocular_distance_whatever_the_crop_size() -> None:
