@@ -156,6 +156,14 @@ def overall_f1_surface(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray) -> 
     return f1_score(tp_sum, pred_sum, int(n_gt.sum()))
 
 
+def last_argmax(f1: np.ndarray) -> tuple[int, int, int]:
+    """(epoch, macro, micro) index of the last maximum of an [E, G, G] surface: among equal F1 the
+    latest epoch, then the highest macro, then the highest micro threshold."""
+    flipped = f1[::-1, ::-1, ::-1]
+    e, i, j = np.unravel_index(int(np.argmax(flipped)), flipped.shape)
+    return f1.shape[0] - 1 - int(e), f1.shape[1] - 1 - int(i), f1.shape[2] - 1 - int(j)
+
+
 #: how the cross-fold protocol breaks ties among equally good thresholds (``evaluate.cross_fold_ties``)
 TIE_BREAKS = ("highest", "middle")
 
@@ -173,9 +181,7 @@ def best_choice(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, epochs: Se
     if ties not in TIE_BREAKS:
         raise ConfigError(f"threshold ties '{ties}' is not one of {', '.join(TIE_BREAKS)}.")
     f1 = overall_f1_surface(tp, n_pred, n_gt)
-    flipped = f1[::-1, ::-1, ::-1]
-    e, i, j = np.unravel_index(int(np.argmax(flipped)), flipped.shape)
-    e, i, j = f1.shape[0] - 1 - e, f1.shape[1] - 1 - i, f1.shape[2] - 1 - j
+    e, i, j = last_argmax(f1)
     if ties == "middle" and f1[e, i, j] > 0:
         cells = np.argwhere(f1[e] == f1[e, i, j])
         centre = cells.mean(axis=0)
@@ -365,9 +371,7 @@ def select_paper_search(cube: Cube, search: PaperSearch) -> tuple[Choice, float]
         e, i, j = np.unravel_index(int(np.argmax(f1)), f1.shape)   # the first maximum: as the script's loops
     else:
         f1 = f1_score(tp_sum, pred_sum, n_gt)
-        flipped = f1[::-1, ::-1, ::-1]
-        e, i, j = np.unravel_index(int(np.argmax(flipped)), flipped.shape)
-        e, i, j = f1.shape[0] - 1 - e, f1.shape[1] - 1 - i, f1.shape[2] - 1 - j
+        e, i, j = last_argmax(f1)
     choice = Choice(epoch=int(cube.epochs[e]),
                     thresholds={ma: float(search.grids[ma][i]), mi: float(search.grids[mi][j])})
     return choice, float(f1[e, i, j])
