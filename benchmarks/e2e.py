@@ -170,14 +170,14 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("dvc is not importable in this environment: pip install -e '.[dev]' (or pass --no-dvc)")
 
     dataset = f"e2e_{args.layout}"
-    preset = build_preset(args, dataset)
+    preset, per_dataset = build_preset(args, dataset)
     workdir = Path(tempfile.mkdtemp(prefix="m2es_e2e_")) if args.workdir is None else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    project = make_project(workdir / "project", dataset, preset, project_params(args.param, args.n_jobs))
+    project = make_project(workdir / "project", dataset, preset, project_params(args.param, args.n_jobs), per_dataset)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    stride = int((preset["overrides"].get("features") or {}).get("stride") or params["features"]["stride"])
+    stride = int((per_dataset.get("features") or {}).get("stride") or params["features"]["stride"])
     size = list(args.size or LAYOUTS[args.layout]["size"])
     gpu = gpu_readers()
     gpu_readout = None

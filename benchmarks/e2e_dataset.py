@@ -46,8 +46,9 @@ def project_params(param_sets: list[str], n_jobs: int) -> dict[str, Any]:
     return params
 
 
-def build_preset(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
-    """The synthetic dataset preset of the requested layout, scale and recipe."""
+def build_preset(args: argparse.Namespace, dataset: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The synthetic dataset preset of the requested layout, and its params.yaml ``per_dataset`` entry
+    (the requested scale and recipe)."""
     lay = copy.deepcopy(LAYOUTS[args.layout])
     size = args.size or lay.pop("size")
     lay.pop("size", None)
@@ -57,4 +58,4 @@ def build_preset(args: argparse.Namespace, dataset: str) -> dict[str, Any]:
                           "count_model": "rounded",
                           # enough intervals in short videos for every fold to have training windows
                           "expressions": {"macro": {"rate_per_min": 20.0}, "micro": {"rate_per_min": 10.0}}}
-    return {**lay, "root": f"data/raw/{dataset}", "synthetic": True, "overrides": overrides}
+    return {**lay, "root": f"data/raw/{dataset}", "synthetic": True}, overrides

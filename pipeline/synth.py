@@ -3,7 +3,7 @@
 ``python -m pipeline.synth --dataset synth_casme2`` (or ``m2es synth --dataset ...``)
 writes ``<preset root>`` (``data/raw/<name>/``): frame folders (or mp4 files), the
 dataset's annotation spreadsheet, ``ground_truth.csv`` and ``distractors.csv``.
-Everything is drawn from ``params.yaml: synth`` (with the preset's ``overrides.synth``)
+Everything is drawn from ``params.yaml: synth`` (with ``per_dataset.<name>.synth``)
 and its seed, so a rerun writes identical bytes. See ``docs/datasets.md``.
 
 The plan (who, how long, what happens when) is drawn in this process; videos are
@@ -62,7 +62,8 @@ def resolve_layout(p: SynthParams | Mapping[str, Any], dataset: Mapping[str, Any
     layout = str(dataset.get("layout"))
     if layout not in ("casme2", "samm"):
         raise ConfigError(f"configs/datasets/{dataset.get('name')}.yaml: layout '{layout}' has no frame-folder "
-                          "generator; use layout casme2 or samm, or set overrides.synth.format: mp4.")
+                          f"generator; use layout casme2 or samm, or set params.yaml per_dataset.{dataset.get('name')}"
+                          ".synth.format: mp4.")
     return layout
 
 

@@ -44,7 +44,7 @@ from models.errors import ModelConfigError
 from models.iaenet import build_model, count_parameters
 
 from pipeline.core.device import resolve_device
-from pipeline.core.params import digest
+from pipeline.core.params import dataset_layer, digest
 from pipeline.core.stage import StageContext, stage_main
 from pipeline.errors import ConfigError
 from pipeline.io.artifacts import PREDICTION_COLUMNS
@@ -67,7 +67,12 @@ def run(ctx: StageContext) -> None:
     the sequential run.
     """
     section = ctx.section()
-    p = TrainParams.from_params(section)  # a bad key or value fails before any input is read
+    # a bad key or value fails before any input is read, named where it is written: the section (even a
+    # value per_dataset shadows, e.g. epochs: 0), the dataset's per_dataset entry, then the merged keys
+    TrainParams.from_params(ctx.params.get("train"))
+    TrainParams.from_params(dataset_layer(ctx.params, "train", ctx.name),
+                            where=f"params.yaml: per_dataset.{ctx.name}.train")
+    p = TrainParams.from_params(section)
     preset, cfg = model_recipe(ctx)
     device = resolve_device(str(p.device or "auto"))
     features, annotations, subjects, provenance = load_inputs(ctx, int(preset["window"]["feature_stride"]))

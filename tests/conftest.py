@@ -36,8 +36,12 @@ class Workspace:
         self.params.setdefault(section, {}).update(values)
         self.save_params()
 
-    def preset(self, name: str, **preset: Any) -> Path:
-        """Write the dataset preset ``name``."""
+    def preset(self, name: str, per_dataset: dict[str, Any] | None = None, **preset: Any) -> Path:
+        """Write the dataset preset ``name``; ``per_dataset`` ({stage: {key: value}}) becomes its
+        params.yaml ``per_dataset.<name>`` entry."""
+        if per_dataset is not None:
+            self.params.setdefault("per_dataset", {})[name] = per_dataset
+            self.save_params()
         return write_preset(self.root, name, preset)
 
     def context(self, stage: str, dataset: str):

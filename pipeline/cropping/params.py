@@ -28,7 +28,7 @@ ON_BAD_FRAME = ("fail", "repeat")
 
 @dataclass(frozen=True)
 class CropParams(Section):
-    """The ``crop`` section of params.yaml (see the comments there)."""
+    """The ``crop`` section of params.yaml (knobs explained in configs/params.reference.yaml)."""
 
     SECTION = "crop"
 

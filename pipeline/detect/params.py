@@ -18,7 +18,7 @@ EYE_MODES: tuple[str, ...] = ("subtract", "ignore", "keep")
 
 @dataclass(frozen=True)
 class BaselineParams(Section):
-    """The ``baseline`` section of params.yaml (see the comments there).
+    """The ``baseline`` section of params.yaml (knobs explained in configs/params.reference.yaml).
 
     ``spans``: reference spans, in multiples of ``features.roi.reference_pairs`` (distinct,
     increasing); ``eyes``: what the eye regions do (blinks): ``subtract`` (left out, and their

@@ -13,7 +13,7 @@ POLICIES = ("skip", "error")
 
 @dataclass(frozen=True)
 class IngestParams(Section):
-    """The ``ingest`` section of params.yaml (see the comments there)."""
+    """The ``ingest`` section of params.yaml (knobs explained in configs/params.reference.yaml)."""
 
     SECTION = "ingest"
 

@@ -1,6 +1,6 @@
 """The ``train`` section of ``params.yaml``: :class:`TrainParams`.
 
-Two kinds of keys (see the comments in params.yaml):
+Two kinds of keys (explained in configs/params.reference.yaml):
 
 * recipe values (``lr``, ``weight_decay``, ``batch_size``, ``epochs``, ``warmup_epochs``,
   ``schedule``, ``reg_weight``, ``micro_weight``, ``ema_decay``): null takes the model preset's value,
@@ -33,16 +33,16 @@ class TrainParams(Section):
     precision: str | None = knob("fp32", choices=PRECISIONS)
     model_preset: str | None = knob(None)
     preset_dir: str | None = knob("configs")
-    lr: float | None = knob(None)
-    weight_decay: float | None = knob(None)
+    lr: float | None = knob(None, min=0.0)
+    weight_decay: float | None = knob(None, min=0.0)
     batch_size: int | None = knob(None, min=1)
     epochs: int | None = knob(None, min=1)
     warmup_epochs: int | None = knob(None, min=0)
     schedule: str | None = knob(None, choices=SCHEDULES)
-    reg_weight: float | None = knob(None)
-    micro_weight: float | None = knob(None)
+    reg_weight: float | None = knob(None, min=0.0)
+    micro_weight: float | None = knob(None, min=0.0)
     ema_decay: float | None = knob(None, min=0.0)
-    predict_from_epoch: int | None = knob(None)
+    predict_from_epoch: int | None = knob(None, min=1)
     eval_batch_size: int | None = knob(512, min=1)
     final_model: bool = knob(True)
     folds: list[str] | None = knob(None)

@@ -8,16 +8,20 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.core.params import dataset_layer
 from pipeline.core.stage import StageContext
 from pipeline.errors import ConfigError
 from pipeline.learning.params import TrainParams
-from pipeline.learning.presets import load_model_preset, resolve_preset
+from pipeline.learning.presets import OVERRIDABLE, load_model_preset, resolve_preset
 from pipeline.learning.step import LossSpec
+
+log = logging.getLogger(__name__)
 
 #: the training code's version: a change that alters trained models bumps it (enters the run digest)
 VERSION = 1
@@ -25,7 +29,7 @@ VERSION = 1
 
 @dataclass
 class TrainRecipe:
-    """The resolved training recipe of one run (model preset + params.yaml overrides)."""
+    """The resolved training recipe of one run (model preset + params.yaml ``train`` and ``per_dataset``)."""
 
     lr: float
     weight_decay: float
@@ -123,5 +127,22 @@ def model_recipe(ctx: StageContext, preset_dir: str | Path | None = None,
     preset_name = model_preset or p.model_preset or ctx.dataset.get("model_preset")
     if not preset_name:
         raise ConfigError(f"configs/datasets/{ctx.name}.yaml: no model_preset (e.g. iaenet_casme2).")
-    preset = resolve_preset(load_model_preset(preset_name, preset_dir or p.preset_dir or "configs"), section)
-    return preset, TrainRecipe.from_preset(preset, p)
+    raw = load_model_preset(preset_name, preset_dir or p.preset_dir or "configs")
+    preset = resolve_preset(raw, section)
+    cfg = TrainRecipe.from_preset(preset, p)
+    log.info("%s", recipe_sources(raw, section, dataset_layer(ctx.params, "train", ctx.name), ctx.name))
+    return preset, cfg
+
+
+def recipe_sources(raw: Mapping[str, Any], section: Mapping[str, Any], layer: Mapping[str, Any], name: str) -> str:
+    """One line saying where each recipe value of the run comes from: the model preset ``raw`` (its key
+    null in ``section``, the merged ``train`` params), ``per_dataset.<name>.train`` (``layer``) or params.yaml."""
+    from_model, from_params = [], []
+    for key, (part, sub) in OVERRIDABLE.items():
+        if section.get(key) is None:
+            from_model.append(f"{key}={(raw.get(part) or {}).get(sub)}")
+        else:
+            where = f"per_dataset.{name}.train" if key in layer else "params.yaml train"
+            from_params.append(f"{key}={section[key]} ({where})")
+    return (f"train@{name} recipe: from model preset {raw.get('name')}: {', '.join(from_model) or 'nothing'}"
+            + (f"; from params: {', '.join(from_params)}" if from_params else ""))

@@ -15,7 +15,7 @@ from pipeline.scoring.protocols import PAPER_SEARCH_DEFAULT, PROTOCOLS, TIE_BREA
 
 @dataclass(frozen=True)
 class EvaluateParams(Section):
-    """The ``evaluate`` section of params.yaml (see the comments there).
+    """The ``evaluate`` section of params.yaml (knobs explained in configs/params.reference.yaml).
 
     ``countings`` and ``protocols`` list distinct values, the first being the default
     (headline numbers, MEGC export, timelines); ``threshold_grid`` is ``{min, max, num}``

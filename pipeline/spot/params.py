@@ -18,7 +18,8 @@ INGEST_DEFAULTS: dict[str, Any] = {"decode_sample": 3, "image_extensions": [".jp
 
 @dataclass(frozen=True)
 class SpotParams(Section):
-    """The ``spot`` section of params.yaml (see the comments there); the CLI may replace some values."""
+    """The ``spot`` section of params.yaml (knobs explained in configs/params.reference.yaml); the CLI may
+    replace some values."""
 
     SECTION = "spot"
 

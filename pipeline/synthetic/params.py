@@ -37,7 +37,7 @@ DISTRACTOR_KIND_KEYS = {
 
 @dataclass(frozen=True)
 class SynthParams(Section):
-    """The ``synth`` section of params.yaml (see the comments there)."""
+    """The ``synth`` section of params.yaml (knobs explained in configs/params.reference.yaml)."""
 
     SECTION = "synth"
 

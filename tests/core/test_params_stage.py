@@ -1,4 +1,4 @@
-"""Params loading, preset overrides, stage context and the stage entry's error handling."""
+"""Params loading, per-dataset params, stage context and the stage entry's error handling."""
 
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ def test_deep_merge_overrides_nested_without_mutating() -> None:
     assert base == {"a": 1, "b": {"c": 2, "d": 3}}
 
 
-def test_stage_params_applies_preset_overrides() -> None:
-    params = {"flow": {"impl": "auto", "tvl1": {"warps": 5, "nscales": 5}}}
-    preset = {"name": "x", "overrides": {"flow": {"tvl1": {"warps": 2}}}}
+def test_stage_params_applies_per_dataset_params() -> None:
+    params = {"flow": {"impl": "auto", "tvl1": {"warps": 5, "nscales": 5}},
+              "per_dataset": {"x": {"flow": {"tvl1": {"warps": 2}}}}}
+    preset = {"name": "x"}
     assert stage_params(params, "flow", preset) == {"impl": "auto", "tvl1": {"warps": 2, "nscales": 5}}
     assert stage_params(params, "flow") == params["flow"]
     with pytest.raises(ConfigError, match="missing section 'crop'"):
@@ -58,9 +59,9 @@ def test_repository_presets_load() -> None:
 
 def test_stage_main_turns_user_errors_into_exit_code(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    _write(tmp_path / "params.yaml", {"parallel": {"backend": "sequential"}, "demo": {"k": 1}})
-    _write(tmp_path / "configs" / "datasets" / "d.yaml",
-           {"layout": "generic", "root": "data/raw/d", "overrides": {"demo": {"k": 2}}})
+    _write(tmp_path / "params.yaml", {"parallel": {"backend": "sequential"}, "demo": {"k": 1},
+                                      "per_dataset": {"d": {"demo": {"k": 2}}}})
+    _write(tmp_path / "configs" / "datasets" / "d.yaml", {"layout": "generic", "root": "data/raw/d"})
     seen = {}
 
     def run(ctx) -> None:
@@ -128,7 +129,7 @@ def test_to_source_frames_maps_onsets_and_offsets() -> None:
 
 
 def test_repository_params_and_presets_pass_every_declaration() -> None:
-    """params.yaml and every preset's overrides are valid for the sections declared with Section."""
+    """params.yaml with every preset's per_dataset entry is valid for the sections declared with Section."""
     from pipeline.layouts.params import IngestParams
     from pipeline.resample import ResampleParams
     from pipeline.scoring.params import EvaluateParams

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from helpers import h5compare, subprocess_stage
-from helpers.project import tiny_preset
+from helpers.project import tiny_per_dataset, tiny_preset
 
 DS = "synth_scale"
 N_VIDEOS = 4
@@ -24,7 +24,8 @@ OUT_DIR = {"crop": "faces", "flow": "flow", "features": "features"}
 UPSTREAM = {"crop": [], "flow": ["faces"], "features": ["faces", "flow"]}
 
 PRESET = tiny_preset(DS)
-PRESET["overrides"]["synth"].update(n_subjects=2, videos_per_subject=2, duration_s=3.0)
+PER_DATASET = tiny_per_dataset()
+PER_DATASET["synth"].update(n_subjects=2, videos_per_subject=2, duration_s=3.0)
 
 
 def stage_cmd(stage: str, root: Path | None = None, params: str = "params.yaml") -> list[str]:

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from helpers.h5compare import h5_files
-from helpers.scaling import DS, N_VIDEOS, OUT_DIR, PRESET, fresh_root, run_stage
+from helpers.scaling import DS, N_VIDEOS, OUT_DIR, PER_DATASET, PRESET, fresh_root, run_stage
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.core.sandbox import make_project
 
     root = make_project(tmp_path_factory.mktemp("scaling"), DS, PRESET,
-                        {"parallel": {"backend": "loky", "n_jobs": 2, "address": None}})
+                        {"parallel": {"backend": "loky", "n_jobs": 2, "address": None}}, PER_DATASET)
     for stage in ("synth", "ingest", "resample"):
         run_stage(root, stage)
     ref = fresh_root(root, "ref")

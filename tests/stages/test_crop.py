@@ -399,10 +399,11 @@ def test_stage_entry_point_crops_good_videos_and_reports_bad(tmp_path: Path, mon
     repo = Path(__file__).resolve().parents[2]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["parallel"] = {"backend": "sequential"}
+    params["per_dataset"]["d"] = {"crop": {"size": 96}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     preset = tmp_path / "configs" / "datasets" / "d.yaml"
     preset.parent.mkdir(parents=True)
-    preset.write_text(yaml.safe_dump({"layout": "generic", "root": "data/raw/d", "overrides": {"crop": {"size": 96}}}))
+    preset.write_text(yaml.safe_dump({"layout": "generic", "root": "data/raw/d"}))
     good = write_frames(Path("data/raw/d/good"), [render(noise=2, seed=i) for i in range(10)])
     bad = write_frames(Path("data/raw/d/bad"), [render() for _ in range(10)])
     Path(bad[3]).write_bytes(b"")

@@ -19,10 +19,10 @@ TINY = {"size": [224, 168], "n_subjects": 2, "videos_per_subject": 1, "count_mod
                         "micro": {"rate_per_min": 20.0}}}
 CASME2 = dict(layout="casme2", root="data/raw/sc", frames_dir="rawpic", annotation_file="CAS(ME)^2code_final.xlsx",
               source_fps=30, target_fps=30, color=True, synthetic=True,
-              overrides={"synth": dict(TINY, duration_s=8.0)})
+              per_dataset={"synth": dict(TINY, duration_s=8.0)})
 SAMM = dict(layout="samm", root="data/raw/ss", frames_dir="SAMM_longvideos",
             annotation_file="SAMM_LongVideos_V?_Release.xlsx", source_fps=200, target_fps=30, color=False,
-            synthetic=True, overrides={"synth": dict(TINY, duration_s=2.5)})
+            synthetic=True, per_dataset={"synth": dict(TINY, duration_s=2.5)})
 
 
 def _gt(root: Path) -> pd.DataFrame:
@@ -94,7 +94,7 @@ def test_samm_layout_round_trips_through_ingest(workspace):
 
 def test_mp4_format_round_trips_through_generic_ingest(workspace):
     preset = dict(layout="generic", root="data/raw/sm", annotation_file="annotations.csv", source_fps=30,
-                  target_fps=30, synthetic=True, overrides={"synth": dict(TINY, duration_s=6.0, format="mp4")})
+                  target_fps=30, synthetic=True, per_dataset={"synth": dict(TINY, duration_s=6.0, format="mp4")})
     gt, ann, root = _roundtrip(workspace, "sm", preset)
     assert sorted(p.name for p in root.glob("*.mp4")) == ["006_1.mp4", "007_1.mp4"]
     cap = cv2.VideoCapture(str(root / "006_1.mp4"))
@@ -109,8 +109,10 @@ def test_generation_is_deterministic_and_resumes(tmp_path):
     from pipeline.synth import generate
 
     repo = Path(__file__).resolve().parents[2]
-    ds = dict(CASME2, name="sc", overrides={"synth": dict(TINY, duration_s=3.0)})
-    p = stage_params(load_params(repo / "params.yaml"), "synth", ds)
+    ds = {k: v for k, v in CASME2.items() if k != "per_dataset"} | {"name": "sc"}
+    params = load_params(repo / "params.yaml")
+    params["per_dataset"]["sc"] = {"synth": dict(TINY, duration_s=3.0)}
+    p = stage_params(params, "synth", ds)
     seq = ParallelParams(backend="sequential", n_jobs=1)
     generate(p, ds, tmp_path / "a", seq)
     generate(p, ds, tmp_path / "b", seq)
@@ -144,7 +146,7 @@ def test_stage_refuses_a_real_dataset_preset(workspace):
 def test_stage_cli_reports_bad_params(workspace, capsys):
     from pipeline.synth import main
 
-    workspace.preset("bad", **dict(CASME2, overrides={"synth": {"format": "avi"}}))
+    workspace.preset("bad", **dict(CASME2, per_dataset={"synth": {"format": "avi"}}))
     assert main(["--dataset", "bad"]) == 2
 
 
@@ -159,7 +161,7 @@ def test_stage_cli_reports_bad_params(workspace, capsys):
     ({"face": {"tones": [0.5, 1]}}, r"synth\.face\.tones \(did you mean tone\?\)"),
 ])
 def test_params_are_checked_before_anything_is_written(workspace, override, match):
-    workspace.preset("bad", **dict(CASME2, synthetic=False, overrides={"synth": override}))
+    workspace.preset("bad", **dict(CASME2, synthetic=False, per_dataset={"synth": override}))
     with pytest.raises(ConfigError, match=match):  # before the preset check, before any file
         workspace.run("synth", "bad")
     assert not (workspace.root / "data").exists()

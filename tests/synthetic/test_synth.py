@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def synth_params(preset: str) -> dict:
-    """The repository's ``synth`` params with ``preset``'s overrides."""
+    """The repository's ``synth`` params with ``per_dataset.<preset>.synth`` merged in."""
     params = load_params(REPO / "params.yaml")
     return stage_params(params, "synth", load_dataset(preset, REPO / "configs" / "datasets"))
 
