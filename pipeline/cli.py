@@ -11,7 +11,8 @@ from typing import Sequence
 from pipeline.core.stage import summary_line
 
 STAGES = ("synth", "ingest", "resample", "crop", "flow", "features", "train", "baseline", "evaluate")
-TOOLS = {"spot": "pipeline.spot", "overlap": "pipeline.overlap", "clean": "pipeline.clean"}
+TOOLS = {"spot": "pipeline.spot", "overlap": "pipeline.overlap", "clean": "pipeline.clean",
+         "summary": "pipeline.summary"}
 
 
 def describe(module: str) -> str:

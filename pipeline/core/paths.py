@@ -65,6 +65,12 @@ class DataPaths:
         folders, in no DVC output, so that times, which differ on every run, change no output's hash."""
         return self.base / "train_timings.jsonl"
 
+    @property
+    def stage_timings(self) -> Path:
+        """One record per stage run for this dataset (:mod:`pipeline.core.stage`; ``m2es summary`` reads
+        them): beside the stage folders, in no DVC output, like :attr:`train_timings`."""
+        return self.base / "stage_timings.jsonl"
+
     def h5(self, stage_dir: Path, video: str) -> Path:
         """The per-video HDF5 file of a stage directory (``faces``, ``flow``, ``features``)."""
         return Path(stage_dir) / f"{video}.h5"

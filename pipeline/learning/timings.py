@@ -14,10 +14,11 @@ run trained, in the order they ended (models skipped as complete have none).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from pipeline.io.jsonl import append_jsonl, read_jsonl
 
 #: the suffix benchmarks give the records they keep of each run (``<log name>_timings.jsonl``)
 TIMINGS_FILE = "timings.jsonl"
@@ -39,14 +40,9 @@ def timing_record(model: str, windows: int, seconds: float, device: str, final_l
 
 def append_timing(path: Path, record: dict[str, Any]) -> None:
     """Append ``record`` as one line with a single ``os.write`` under ``O_APPEND`` (safe across processes)."""
-    line = (json.dumps(record, sort_keys=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_jsonl(path, record)
 
 
 def read_timings(path: str | Path) -> list[dict[str, Any]]:
     """The records of ``path`` in file order (blank lines skipped)."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return read_jsonl(path)

@@ -1,0 +1,101 @@
+"""Whole-run summary: every stage's last duration per dataset, and the headline F1s (run after ``dvc repro``).
+
+Each stage run appends its duration to ``data/<ds>/stage_timings.jsonl``
+(:func:`pipeline.core.stage.record_stage_run`); this prints, for every dataset of
+``params.yaml``, the last record of each stage with the time it finished (a stage DVC
+skipped shows its earlier run), the sum of those durations, and the headline F1s of
+``metrics/<ds>.json`` (cross-fold macro, micro, overall; paper-optimistic; the baseline's).
+It is a command rather than a DVC stage: a stage runs only when its inputs changed, so it
+could not print after a ``dvc repro`` that skipped everything, and a stage made to run always
+(``always_changed``) would keep ``dvc status`` from ever saying the pipeline is up to date.
+``m2es summary [--params params.yaml] [--data-root data]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pipeline.cli import STAGES
+from pipeline.core.params import load_params
+from pipeline.core.paths import DataPaths
+from pipeline.errors import M2esError
+from pipeline.io.jsonl import read_jsonl
+
+
+def last_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The last record of each stage in a ``stage_timings.jsonl`` ({} when the file is missing)."""
+    if not path.is_file():
+        return {}
+    try:
+        return {r["stage"]: r for r in read_jsonl(path)}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise M2esError(f"{path}: not a stage timing record file ({exc}). Delete it; the next stage runs "
+                        "write it anew.") from exc
+
+
+def cell(record: Mapping[str, Any] | None) -> str:
+    """One table cell: seconds and when it finished (UTC), FAILED/ERROR first unless ok; '-' for none."""
+    if record is None:
+        return "-"
+    when = datetime.fromisoformat(record["finished"]).strftime("%m-%d %H:%M")
+    mark = "" if record["status"] == "ok" else f"{record['status'].upper()} "
+    return f"{mark}{record['seconds']:.1f} s ({when})"
+
+
+def headline(doc: Mapping[str, Any]) -> str:
+    """The F1s of ``metrics/<ds>.json`` (its ``f1`` block, :func:`pipeline.evaluate.headline`) on one line."""
+    f1 = doc["f1"]
+    if not isinstance(f1, Mapping) or not f1:
+        raise TypeError("'f1' is not a mapping of figures")
+    text = ", ".join(f"{name} {value:.4f}" for name, value in f1.items())
+    return text + (f" (reproduction {doc['reproduction']})" if doc.get("reproduction") else "")
+
+
+def summary(params: Mapping[str, Any], data_root: Path) -> str:
+    """The summary table and F1 lines for every dataset of ``params``."""
+    datasets = list(dict.fromkeys([*(params.get("synth_datasets") or []), *(params.get("datasets") or [])]))
+    if not datasets:
+        return "m2es summary: params.yaml lists no datasets."
+    paths = {ds: DataPaths(ds, data_root) for ds in datasets}
+    runs = {ds: last_runs(p.stage_timings) for ds, p in paths.items()}
+    rows = [["stage", *datasets]]
+    rows += [[stage, *(cell(runs[ds].get(stage)) for ds in datasets)] for stage in STAGES
+             if any(stage in runs[ds] for ds in datasets)]
+    rows.append(["total", *(f"{sum(r['seconds'] for r in runs[ds].values()):.1f} s" for ds in datasets)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["Last run of each stage (seconds, finished MM-DD HH:MM UTC; from data/<ds>/stage_timings.jsonl):"]
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append("F1 (metrics/<ds>.json; macro, micro, overall: cross-fold; paper: paper-optimistic; base: "
+                 "the non-learned baseline, cross-fold):")
+    for ds, p in paths.items():
+        if p.metrics.is_file():
+            try:
+                lines.append(f"  {ds}: {headline(json.loads(p.metrics.read_text()))}")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise M2esError(f"{p.metrics}: no headline F1 ({exc!r}). Rerun `dvc repro evaluate@{ds}`.") from exc
+        else:
+            lines.append(f"  {ds}: no {p.metrics} yet (`dvc repro evaluate@{ds}`)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the summary; exit 2 with a message on an unreadable params, records or metrics file."""
+    ap = argparse.ArgumentParser(prog="m2es summary", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("--data-root", default="data", help="where stage outputs are (default: data)")
+    args = ap.parse_args(argv)
+    try:
+        print(summary(load_params(args.params), Path(args.data_root)))
+    except M2esError as exc:
+        print(f"m2es summary: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
