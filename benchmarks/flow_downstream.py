@@ -67,11 +67,11 @@ def run_stages(project: Path, dataset: str, stages: list[str], params: dict[str,
 
 
 def snapshot(project: Path, dataset: str, name: str, keep: Path) -> Path:
-    """Copy the flow, features and metrics of the current run aside as ``keep/name``."""
+    """Copy the flow, features and figures (evaluate's details.json) of the current run aside as ``keep/name``."""
     dst = keep / name
     for sub in ("flow", "features"):
         shutil.copytree(project / "data" / dataset / sub, dst / sub)
-    shutil.copy2(project / "metrics" / f"{dataset}.json", dst / "metrics.json")
+    shutil.copy2(project / "data" / dataset / "evaluate" / "details.json", dst / "metrics.json")
     return dst
 
 
@@ -99,7 +99,7 @@ def feature_cosine(a: Path, b: Path) -> dict[str, float]:
 
 
 def f1s(metrics: Path) -> dict[str, float]:
-    """F1 per type and overall under the metrics file's default protocol and counting."""
+    """F1 per type and overall under the default protocol and counting of evaluate's details.json."""
     doc = yaml.safe_load(metrics.read_text())
     proto, counting = doc["default"]["protocol"], doc["default"]["counting"]
     res = doc[counting][proto]

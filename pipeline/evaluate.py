@@ -5,9 +5,17 @@ type, score), ``data/<ds>/resample/{videos,annotations,frames}.csv`` (and
 ``distractors.csv`` where the dataset lists its distractors: the synthetic presets) and
 the dvclive logs under ``data/<ds>/runs/live/``. Writes:
 
-* ``metrics/<ds>.json``: per counting rule, per protocol (``cross-fold``,
+* ``metrics/<ds>.json`` (the DVC metrics, committed to git): the headline only (:func:`headline`):
+  cross-fold macro/micro/overall F1 under the default counting, the paper-optimistic overall F1 under
+  the published counting, the baseline's cross-fold overall F1, and ``reproduction``, the published
+  switches that were on in a few characters (:func:`pipeline.scoring.caveats.reproduction_code`);
+* ``data/<ds>/evaluate/details.json``: everything: per counting rule, per protocol (``cross-fold``,
   ``paper-optimistic``, ``fixed``) and per type (+ ``overall``): f1, precision, recall,
-  tp, fp, fn, n_pred, n_gt; the chosen thresholds and epoch; ground-truth counts;
+  tp, fp, fn, n_pred, n_gt; the chosen thresholds and epoch; ground-truth counts; the
+  ``baseline`` block; ``features`` (backbone and weights, from the train stage's checkpoints),
+  ``reproduction`` (each published switch, its value and whether it is the published one) and
+  ``caveats`` (:func:`pipeline.scoring.caveats.caveat_lines`, also in summary.md, thresholds.json
+  and every picture title);
 * ``data/<ds>/evaluate/thresholds.json``: thresholds and epoch chosen on all subjects'
   out-of-fold predictions, for new videos (``m2es spot``);
 * ``data/<ds>/evaluate/f1_vs_threshold.csv``, ``per_subject.csv``, ``timelines/*.png``,
@@ -46,6 +54,8 @@ from pipeline.io.artifacts import read_ground_truth, read_predictions
 from pipeline.io.atomic import write_json, write_text
 from pipeline.io.tables import DISTRACTORS_FILE, TYPES, read_distractors, read_frames, read_videos, write_table
 from pipeline.scoring import report
+from pipeline.scoring.caveats import (Silent, caveat_lines, feature_source, read_run_record, reproduction,
+                                      silent_types)
 from pipeline.scoring.errors import analyse_errors, errors_markdown, plot_errors
 from pipeline.scoring.metrics import OVERALL, Counts, Matching, count_by_type, counts_by_group, match
 from pipeline.scoring.params import EvaluateParams
@@ -54,6 +64,8 @@ from pipeline.scoring.protocols import (OUTPUT_NAMES, Choice, Cube, build_cube, 
                                         selection_mask)
 
 log = logging.getLogger(__name__)
+
+DETAILS_FILE = "details.json"  # data/<ds>/evaluate/details.json: every figure (metrics/<ds>.json: the headline)
 
 
 def natural_key(value: str) -> tuple:
@@ -140,6 +152,44 @@ def _protocol_block(res: ProtocolResult, ev: Evaluation) -> dict[str, Any]:
     return block
 
 
+def headline(doc: dict[str, Any]) -> dict[str, Any]:
+    """``metrics/<ds>.json``: the figures a reader compares across experiments, few and short-named so that
+    ``dvc metrics show`` and ``dvc exp show`` fit in 120 columns. ``f1``: ``macro``, ``micro``, ``overall``
+    (cross-fold, the default counting), ``paper`` (paper-optimistic overall under the published counting
+    when it ran, as the paper's Table 1; else the default counting: an upper bound), ``base`` (the
+    non-learned baseline's cross-fold overall); ``reproduction``: :func:`pipeline.scoring.caveats.reproduction_code`.
+    A figure whose protocol did not run is left out. Nothing machine-dependent (a rerun writes the same bytes)."""
+    default = doc["default"]["counting"]
+    f1: dict[str, float] = {}
+    cross = doc[default].get("cross-fold")
+    if cross:
+        f1.update({t: cross[t]["f1"] for t in (*TYPES, OVERALL)})
+    paper = doc.get("published" if "published" in doc["countings"] else default, {}).get("paper-optimistic")
+    if paper:
+        f1["paper"] = paper[OVERALL]["f1"]
+    base = (doc.get("baseline") or {}).get("cross-fold")
+    if base:
+        f1["base"] = base[OVERALL]["f1"]
+    return {"f1": f1, "reproduction": doc["reproduction"]["code"]}
+
+
+def find_silent(pred: pd.DataFrame, ev: Evaluation) -> tuple[list[Silent], list[Silent]]:
+    """(types never reported by the all-subjects thresholds of ``thresholds.json``, types some protocol of
+    ``ev`` reports not at all): the caveats' warnings (:func:`pipeline.scoring.caveats.silent_types`)."""
+    choice = ev.all_subjects[0]
+    at_epoch = pred[pred["epoch"] == choice.epoch]
+    top = at_epoch.groupby("type")["score"].max().to_dict()
+    for_new = silent_types(choice.thresholds, top, "thresholds.json, for new videos")
+    present = set(pred["type"])
+    never: list[Silent] = []
+    for res in ev.results.values():
+        for t in TYPES:
+            if t in present and res.counts[t].n_pred == 0:
+                thresholds = {c.thresholds[t] for c in res.choices.values()}
+                never.append(Silent(t, res.name, thresholds.pop() if len(thresholds) == 1 else None))
+    return for_new, never
+
+
 def column_prefix(protocol: str) -> str:
     """Column prefix of a protocol in per-subject tables (``paper`` -> ``paper_optimistic``)."""
     return OUTPUT_NAMES[protocol].replace("-", "_")
@@ -167,8 +217,9 @@ def per_subject_table(pred: pd.DataFrame, gt: pd.DataFrame, videos: pd.DataFrame
 
 
 def write_timelines(out_dir: Path, pred: pd.DataFrame, gt: pd.DataFrame, videos: pd.DataFrame, ev: Evaluation,
-                    protocol: str, n: int) -> list[str]:
-    """Draw ``n`` videos (worst, best, spread) under ``protocol``; returns the files written."""
+                    protocol: str, n: int, caveats: Sequence[str] = ()) -> list[str]:
+    """Draw ``n`` videos (worst, best, spread) under ``protocol``, ``caveats`` under each title; returns the
+    files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):
         old.unlink()
@@ -186,6 +237,7 @@ def write_timelines(out_dir: Path, pred: pd.DataFrame, gt: pd.DataFrame, videos:
         title = (f"{video} (subject {subject_of[video]}, {why}): {OUTPUT_NAMES[protocol]}, {ev.counting}, "
                  f"epoch {choice.epoch}, thresholds macro {choice.thresholds['macro']:.2f} / micro "
                  f"{choice.thresholds['micro']:.2f}, F1 {f1:.3f}")
+        title = report.with_caveats(title, caveats, width=150)
         path = out_dir / f"{why}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', video)}.png"
         report.plot_timeline(path, video, gt[gt["video"] == video], pred[rows].reset_index(drop=True),
                              res.mask[rows], ev.matching.tp[rows], choice.thresholds,
@@ -196,9 +248,10 @@ def write_timelines(out_dir: Path, pred: pd.DataFrame, gt: pd.DataFrame, videos:
 
 def write_error_analysis(out: Path, name: str, pred: pd.DataFrame, gt: pd.DataFrame, videos: pd.DataFrame,
                          ev: Evaluation, protocol: str, iou_threshold: float,
-                         distractors: pd.DataFrame | None) -> str:
+                         distractors: pd.DataFrame | None, caveats: Sequence[str] = ()) -> str:
     """``errors.csv``, ``errors_by_length.csv`` and ``errors.png`` of ``protocol``'s final predictions
-    under ``ev``'s counting; returns the summary's ``Error analysis`` section."""
+    under ``ev``'s counting (``caveats`` under the picture's title); returns the summary's ``Error analysis``
+    section."""
     if distractors is not None:
         distractors = distractors[distractors["video"].isin(set(videos["video"]))]
     ea = analyse_errors(pred, gt, ev.matching, ev.results[protocol].mask, iou_threshold, distractors,
@@ -206,7 +259,8 @@ def write_error_analysis(out: Path, name: str, pred: pd.DataFrame, gt: pd.DataFr
     write_table(ea.rows(), out / "errors.csv")
     write_table(ea.by_length, out / "errors_by_length.csv")
     label = f"{OUTPUT_NAMES[protocol]}, {ev.counting}"
-    plot_errors(ea, out / "errors.png", f"{name}: errors of the final predictions ({label})")
+    plot_errors(ea, out / "errors.png",
+                report.with_caveats(f"{name}: errors of the final predictions ({label})", caveats, width=160))
     rates = sorted(set(videos["fps"].astype(float)))
     return errors_markdown(ea, label, rates[0] if len(rates) == 1 else None)
 
@@ -280,28 +334,45 @@ def run(ctx: StageContext) -> None:
     if baseline is not None:
         doc["baseline"] = baseline
 
+    record = read_run_record(paths.runs)
+    if record is None:
+        log.warning("%s: no checkpoint (<fold>/model.pt): the results cannot say which backbone and weights made "
+                    "the features.", paths.runs)
+    source = feature_source(record.provenance if record else None)
+    doc["features"] = source.as_dict()
+    resample = ctx.section("resample") if "resample" in ctx.params else {}
+    doc["reproduction"] = reproduction(resample, settings.search.as_dict(), record,
+                                       ctx.dataset.get("layout"))
+    for_new, never = find_silent(pred, head)
+    doc["caveats"] = caveat_lines(source, for_new + never, upper_bound="paper" in settings.protocols)
+    pictures = caveat_lines(source, for_new + never)   # every picture title
+
     out = paths.evaluate
     out.mkdir(parents=True, exist_ok=True)
-    write_json(ctx.paths.metrics, doc)
+    write_json(out / DETAILS_FILE, doc)
+    write_json(ctx.paths.metrics, headline(doc))
     save_thresholds(out / "thresholds.json", head.all_subjects[0], {
         "dataset": ctx.name, "counting": default_counting, "iou_threshold": settings.iou_threshold,
         "selected_on": "all subjects' out-of-fold predictions (maximising overall F1)",
-        "f1_on_selection_set": round(head.all_subjects[1], 6)})
+        "f1_on_selection_set": round(head.all_subjects[1], 6),
+        "features": source.as_dict(), "caveats": caveat_lines(source, for_new)})
     write_table(f1_curve(head.cube, head.all_subjects[0].epoch), out / "f1_vs_threshold.csv")
     per_subject = per_subject_table(pred, gt, videos, head)
     write_table(per_subject, out / "per_subject.csv")
     final = pred[head.results[default_protocol].mask]
     write_table(report.export_megc(final, frames), out / f"predictions_{ctx.name}_megc.csv")
-    drawn = write_timelines(out / "timelines", pred, gt, videos, head, default_protocol, settings.timelines)
+    drawn = write_timelines(out / "timelines", pred, gt, videos, head, default_protocol, settings.timelines,
+                            pictures)
     curves = report.collect_training_curves(paths.runs / "live")
     write_table(report.training_curves_wide(curves), out / "training_curves.csv")
-    report.plot_training_curves(curves, out / "training_curves.png", f"{ctx.name}: training curves (dvclive)")
+    report.plot_training_curves(curves, out / "training_curves.png", f"{ctx.name}: training curves (dvclive)",
+                                pictures)
     if curves.empty:
         log.warning("%s: no dvclive logs; training_curves.csv/png are empty.", paths.runs / "live")
     summary = report.summary_markdown(doc, per_subject, column_prefix(default_protocol))
     summary += report.baseline_markdown(doc)
     summary += write_error_analysis(out, ctx.name, pred, gt, videos, head, default_protocol,
-                                    settings.iou_threshold, distractors)
+                                    settings.iou_threshold, distractors, pictures)
     write_text(out / "summary.md", summary)
     log.info("evaluate@%s: wrote %s, %s (%d timelines)\n%s", ctx.name, ctx.paths.metrics, out, len(drawn),
              summary)

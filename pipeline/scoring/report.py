@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_path
 from pipeline.io.atomic import write_json, write_text  # noqa: F401  (old imports; new code: pipeline.io.atomic)
-from pipeline.io.tables import TYPES, to_source_frames
+from pipeline.io.tables import TYPES, to_source_frames, to_source_intervals
 from pipeline.scoring.protocols import DESCRIPTIONS, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,18 @@ def export_megc(pred: pd.DataFrame, frames: pd.DataFrame) -> pd.DataFrame:
     ``pred``: video, onset, offset, type, score at the processed frame rate; every
     frame index goes through :func:`pipeline.io.tables.to_source_frames` (the one export
     function): onsets become the dataset numbers of their kept frames, offsets the last
-    source frame each kept frame stands for (``end=True``).
+    source frame each kept frame stands for (``end=True``). A prediction in a merged video
+    (``resample.merge``) is exported in the source video holding most of its frames,
+    clipped to it (:func:`pipeline.io.tables.to_source_intervals`; never split).
     Sorted by video, onset.
     """
     parts = []
     for video, rows in pred.groupby("video", sort=True):
+        names, onset, offset = to_source_intervals(frames, video, rows["onset"].to_numpy(), rows["offset"].to_numpy())
         out = pd.DataFrame({
-            "video": video,
-            "onset": to_source_frames(frames, video, rows["onset"].to_numpy()),
-            "offset": to_source_frames(frames, video, rows["offset"].to_numpy(), end=True),
+            "video": names,
+            "onset": to_source_frames(frames, video, onset),
+            "offset": to_source_frames(frames, video, offset, end=True),
             "type": rows["type"].to_numpy(),
             "score": np.round(rows["score"].to_numpy(np.float64), 6),
         })
@@ -158,31 +161,56 @@ def training_curves_wide(long: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("step").reset_index(drop=True).round(6)
 
 
-def plot_training_curves(long: pd.DataFrame, path: str | Path, title: str) -> None:
-    """One panel per metric, a thin line per fold and the mean over folds in black."""
+def with_caveats(title: str, caveats: Sequence[str], width: int = 120) -> str:
+    """A picture's title with its caveats (:func:`pipeline.scoring.caveats.caveat_lines`) below it, each
+    wrapped at ``width`` characters."""
+    import textwrap
+
+    return "\n".join([title] + [part for line in caveats for part in textwrap.wrap(line, width)])
+
+
+def plot_training_curves(long: pd.DataFrame, path: str | Path, title: str, caveats: Sequence[str] = ()) -> Any:
+    """One panel per metric: a thin line per fold (one colour per fold in every panel, named in a legend
+    beside the panels) and the mean over folds in black, against the epoch (dvclive's step + 1: the
+    1-based numbering of predictions.csv); ``caveats`` under the title. Returns the figure."""
+    import matplotlib as mpl
     from matplotlib.figure import Figure
 
     metrics = sorted(long["metric"].unique()) if not long.empty else []
+    folds = sorted(long["fold"].unique()) if not long.empty else []
     cols = min(3, max(1, len(metrics)))
     nrows = max(1, math.ceil(len(metrics) / cols))
-    fig = Figure(figsize=(4.5 * cols, 3.2 * nrows), dpi=100)
+    legend_cols = max(1, math.ceil(len(folds) / 24))
+    legend_w = 1.3 * legend_cols if folds else 0.0
+    fig = Figure(figsize=(4.5 * cols + legend_w, 3.2 * nrows + 0.25 * len(caveats)), dpi=100)
     axes = np.atleast_1d(fig.subplots(nrows, cols)).ravel()
     if not metrics:
         axes[0].text(0.5, 0.5, "no dvclive training logs found", ha="center", va="center")
         axes[0].set_axis_off()
+    cmap = mpl.colormaps["tab20" if len(folds) > 10 else "tab10"]
+    colors = {f: cmap(i % cmap.N) for i, f in enumerate(folds)}
+    handles = {}
     for ax, metric in zip(axes, metrics):
         rows = long[long["metric"] == metric]
-        for _, fold_rows in rows.groupby("fold"):
-            ax.plot(fold_rows["step"], fold_rows["value"], lw=0.7, alpha=0.4)
+        for fold, fold_rows in rows.groupby("fold"):
+            (line,) = ax.plot(fold_rows["step"] + 1, fold_rows["value"], lw=0.8, alpha=0.6, color=colors[fold],
+                              label=str(fold))
+            handles.setdefault(fold, line)
         mean = rows.groupby("step")["value"].mean()
-        ax.plot(mean.index, mean.to_numpy(), color="k", lw=2, label="mean over folds")
+        (line,) = ax.plot(mean.index + 1, mean.to_numpy(), color="k", lw=2, label="mean over folds")
+        handles.setdefault("mean over folds", line)
         ax.set_title(metric, fontsize=9)
-        ax.set_xlabel("step")
+        ax.set_xlabel("epoch")
     for ax in axes[len(metrics):] if metrics else []:
         ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(with_caveats(title, caveats, width=int(11 * fig.get_figwidth())), fontsize=9)
+    right = 1.0 - legend_w / fig.get_figwidth()
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=7, ncols=legend_cols,
+                   title="fold", title_fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, right, 1))
     save_figure(fig, path)
+    return fig
 
 
 def _fmt(x: float) -> str:
@@ -210,9 +238,10 @@ def summary_markdown(doc: Mapping[str, Any], per_subject: pd.DataFrame, default_
     default protocol in it (its ``<prefix>_f1`` column lists the weakest subjects).
     """
     gt = doc["ground_truth"]
-    lines = [
-        f"# Evaluation: {doc['dataset']}",
-        "",
+    lines = [f"# Evaluation: {doc['dataset']}", ""]
+    if doc.get("caveats"):
+        lines += ["**Read with these caveats:**", ""] + [f"- {c}" for c in doc["caveats"]] + [""]
+    lines += [
         f"IoU >= {doc['iou_threshold']}; ground truth: {gt['macro']} macro + {gt['micro']} micro = "
         f"{gt['overall']} intervals in {gt['videos']} videos, {gt['subjects']} subjects; "
         f"{doc['predictions']['rows']} predictions over {len(doc['predictions']['epochs'])} epoch(s).",
@@ -233,6 +262,8 @@ def summary_markdown(doc: Mapping[str, Any], per_subject: pd.DataFrame, default_
                      f"{search['macro_grid'][0]:.3f}-{search['macro_grid'][1]:.3f}, "
                      f"micro {search['micro_grid'][0]:.3f}-{search['micro_grid'][1]:.3f}, score {search['comparison']} "
                      f"threshold, scores read as {search['score_text'] or 'predicted'}, ties {search['ties']}.")
+    if doc.get("reproduction"):
+        lines.append(reproduction_markdown(doc["reproduction"]))
     lines += [
         "",
         "| protocol | counting | macro F1 | micro F1 | overall F1 | precision | recall | TP | FP | FN | epoch | "
@@ -264,6 +295,21 @@ def summary_markdown(doc: Mapping[str, Any], per_subject: pd.DataFrame, default_
         lines += ["", f"Lowest per-subject overall F1 ({doc['default']['protocol']}): " + ", ".join(
             f"{s} {f:.3f}" for s, f in zip(worst["subject"], worst[col]))]
     return "\n".join(lines) + "\n"
+
+
+def reproduction_markdown(block: Mapping[str, Any]) -> str:
+    """One sentence: which published-protocol switches were on (``block``: details.json's ``reproduction``,
+    :func:`pipeline.scoring.caveats.reproduction`), the metrics file's code first."""
+    def state(entry: Mapping[str, Any]) -> str:
+        value = entry["value"]
+        mark = {True: "published", False: "not published", None: "unknown"}[entry["published"]]
+        if isinstance(value, Mapping):   # the paper search: its knobs are in the line above
+            return mark
+        return f"{'null' if value is None else str(value).lower()} ({mark})"
+
+    parts = [f"`{name}` {state(entry)}" for name, entry in block.items() if name != "code"]
+    return (f"Published-protocol switches (docs/reproduce.md; `reproduction` {block['code']} in the metrics "
+            f"file): " + ", ".join(parts) + ".")
 
 
 def baseline_markdown(doc: Mapping[str, Any]) -> str:

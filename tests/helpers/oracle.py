@@ -170,7 +170,8 @@ def run_learning_chain(workspace: Any, model_preset: str, spec: OracleSpec = Ora
     """Write an oracle dataset ``name`` into ``workspace`` (``tests/conftest.py``'s Workspace, the
     current directory), then run the real ``train`` and ``evaluate`` stages on it with the model
     preset ``model_preset`` and its own recipe (every recipe key of params.yaml ``train`` null),
-    on the CPU, LOSO folds only (no final model). Returns ``metrics/<name>.json``.
+    on the CPU, LOSO folds only (no final model). Returns ``data/<name>/evaluate/details.json`` (every
+    figure; ``metrics/<name>.json`` holds only the headline).
 
     ``input_norm`` False runs the preset without its ``model.input_norm`` block (the workspace
     gets a copy of the preset without it): the oracle's signal is one channel per type at
@@ -195,10 +196,10 @@ def run_learning_chain(workspace: Any, model_preset: str, spec: OracleSpec = Ora
     write_oracle_dataset(workspace.root, name, spec)
     workspace.run("train", name)
     workspace.run("evaluate", name)
-    return json.loads((workspace.root / "metrics" / f"{name}.json").read_text())
+    return json.loads((workspace.root / "data" / name / "evaluate" / "details.json").read_text())
 
 
 def cross_fold(doc: dict[str, Any], counting: str = "one-to-one") -> dict[str, dict[str, Any]]:
-    """The cross-fold protocol's counts per type (``macro``, ``micro``, ``overall``) of a metrics document."""
+    """The cross-fold protocol's counts per type (``macro``, ``micro``, ``overall``) of a details document."""
     block = doc[counting]["cross-fold"]
     return {t: block[t] for t in ("macro", "micro", "overall")}

@@ -86,7 +86,9 @@ def test_evaluate_reports_the_baseline_beside_iaenet(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     _make_dataset(tmp_path)
     assert main(["--dataset", "toy"]) == 0   # no baseline: a warning, and no block
-    assert "baseline" not in json.loads((tmp_path / "metrics" / "toy.json").read_text())
+    details = tmp_path / "data" / "toy" / "evaluate" / "details.json"
+    assert "baseline" not in json.loads(details.read_text())
+    assert "base" not in json.loads((tmp_path / "metrics" / "toy.json").read_text())["f1"]
     assert "non-learned baseline" not in (tmp_path / "data" / "toy" / "evaluate" / "summary.md").read_text()
 
     base = tmp_path / "data" / "toy" / "baseline"
@@ -98,7 +100,7 @@ def test_evaluate_reports_the_baseline_beside_iaenet(tmp_path: Path, monkeypatch
     (base / "method.json").write_text(json.dumps({"method": "roi-motion peaks", "description": "no learning",
                                                   "version": 1, "params": {"baseline": {"top_k": 2}}}))
     assert main(["--dataset", "toy"]) == 0
-    doc = json.loads((tmp_path / "metrics" / "toy.json").read_text())
+    doc = json.loads(details.read_text())
     block = doc["baseline"]
     assert block["method"] == "roi-motion peaks" and block["params"] == {"baseline": {"top_k": 2}}
     assert {"cross-fold", "paper-optimistic", "fixed"} <= set(block)
@@ -108,6 +110,8 @@ def test_evaluate_reports_the_baseline_beside_iaenet(tmp_path: Path, monkeypatch
                               "n_gt": 3}
     assert (paper["micro"]["tp"], paper["micro"]["fp"], paper["micro"]["fn"]) == (1, 0, 2)
     assert set(block["cross-fold"]["overall"]) >= {"f1", "precision", "recall", "tp", "fp", "fn"}
+    headline = json.loads((tmp_path / "metrics" / "toy.json").read_text())
+    assert headline["f1"]["base"] == block["cross-fold"]["overall"]["f1"]   # the headline's baseline figure
     assert doc["one-to-one"]["paper-optimistic"]["overall"]["f1"] == 1.0   # IAENet's numbers are untouched
     summary = (tmp_path / "data" / "toy" / "evaluate" / "summary.md").read_text()
     assert "## IAENet beside a non-learned baseline (one-to-one)" in summary

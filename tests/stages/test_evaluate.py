@@ -37,11 +37,11 @@ def _predictions() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["video", "subject", "fold", "epoch", "onset", "offset", "type", "score"])
 
 
-def _make_dataset(root: Path, predictions: pd.DataFrame | None = None) -> None:
+def _make_dataset(root: Path, predictions: pd.DataFrame | None = None, name: str = "toy") -> None:
     (root / "configs" / "datasets").mkdir(parents=True)
-    (root / "configs" / "datasets" / "toy.yaml").write_text(yaml.safe_dump({"layout": "generic", "root": "x"}))
+    (root / "configs" / "datasets" / f"{name}.yaml").write_text(yaml.safe_dump({"layout": "generic", "root": "x"}))
     (root / "params.yaml").write_text(yaml.safe_dump(_params()))
-    res = root / "data" / "toy" / "resample"
+    res = root / "data" / name / "resample"
     res.mkdir(parents=True)
     pd.DataFrame([(v, s, 30, 200, f"raw/{v}", "frames", 1, 60) for s, v in SUBJECTS.items()],
                  columns=["video", "subject", "fps", "n_frames", "source", "kind", "color", "source_fps"]
@@ -53,7 +53,7 @@ def _make_dataset(root: Path, predictions: pd.DataFrame | None = None) -> None:
     # every other source frame kept, 1-based: position i is dataset frame 1 + 2 i
     pd.DataFrame([(v, i, 1 + 2 * i, f"raw/{v}/img_{1 + 2 * i}.jpg") for v in SUBJECTS.values() for i in range(200)],
                  columns=["video", "frame", "source_frame", "path"]).to_csv(res / "frames.csv", index=False)
-    runs = root / "data" / "toy" / "runs"
+    runs = root / "data" / name / "runs"
     runs.mkdir(parents=True)
     (predictions if predictions is not None else _predictions()).to_csv(runs / "predictions.csv", index=False)
     for fold, losses in (("A", [1.0, 0.5]), ("B", [0.8, 0.4])):
@@ -67,7 +67,7 @@ def test_stage_writes_every_output_with_known_numbers(tmp_path: Path, monkeypatc
     _make_dataset(tmp_path)
     assert main(["--dataset", "toy"]) == 0
 
-    doc = json.loads((tmp_path / "metrics" / "toy.json").read_text())
+    doc = json.loads((tmp_path / "data" / "toy" / "evaluate" / "details.json").read_text())
     assert doc["ground_truth"] == {"macro": 3, "micro": 3, "overall": 6, "videos": 3, "subjects": 3}
     assert doc["default"] == {"protocol": "cross-fold", "counting": "one-to-one"}
     assert set(doc["one-to-one"]) == {"cross-fold", "paper-optimistic", "fixed"}
@@ -195,7 +195,7 @@ def test_another_data_root_keeps_the_metrics_inside_it(tmp_path: Path, monkeypat
     _make_dataset(tmp_path)
     (tmp_path / "data").rename(tmp_path / "elsewhere")
     assert main(["--dataset", "toy", "--data-root", "elsewhere"]) == 0
-    assert json.loads((tmp_path / "elsewhere" / "metrics" / "toy.json").read_text())["dataset"] == "toy"
+    assert json.loads((tmp_path / "elsewhere" / "metrics" / "toy.json").read_text())["f1"]["overall"] == 1.0
     assert not (tmp_path / "metrics").exists()
 
 

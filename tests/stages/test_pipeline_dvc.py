@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.core.sandbox import make_project
 
-from helpers.project import tiny_preset
+from helpers.project import tiny_per_dataset, tiny_preset
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "synth_tiny"
@@ -47,7 +47,8 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository with one tiny synthetic dataset, after a full `dvc repro`."""
-    root = make_project(tmp_path_factory.mktemp("project"), DS, TINY_PRESET, {"parallel": {"n_jobs": 2}})
+    root = make_project(tmp_path_factory.mktemp("project"), DS, TINY_PRESET, {"parallel": {"n_jobs": 2}},
+                        tiny_per_dataset())
     dvc(root, "repro")
     return root
 
@@ -68,9 +69,13 @@ def test_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
     assert (base / "runs" / "predictions.csv").is_file()
     assert (base / "runs" / "final" / "model.pt").is_file()
     metrics = yaml.safe_load((project / "metrics" / f"{DS}.json").read_text())
-    assert {"cross-fold", "paper-optimistic", "fixed"} <= set(metrics["one-to-one"])
+    assert set(metrics) == {"f1", "reproduction"} and {"macro", "micro", "overall", "paper"} <= set(metrics["f1"])
+    details = yaml.safe_load((base / "evaluate" / "details.json").read_text())
+    assert {"cross-fold", "paper-optimistic", "fixed"} <= set(details["one-to-one"])
+    assert details["features"]["backbone"] is not None   # read from the train stage's checkpoints
     shown = dvc(project, "metrics", "show")
     assert f"metrics/{DS}.json" in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 120
     assert dvc(project, "status").stdout.strip().endswith("up to date.")
 
 
