@@ -32,7 +32,7 @@ Where the model's feature recipe comes from (first that exists):
 2. the dataset folder of the run (``data/<ds>/{faces,flow,features}``: the params stored
    in the files the model was trained on, checked against the checkpoint's
    ``features_digest``; fps and colour from the faces files);
-3. ``--dataset NAME``: ``params.yaml`` with that preset's overrides.
+3. ``--dataset NAME``: ``params.yaml`` with ``per_dataset.NAME`` merged in, as the stages read it.
 
 The checkpoint's feature provenance (backbone, weights SHA-256 per stream, clip, stride,
 input size, flow bound, feature width) must match what spot would compute, or spot stops
@@ -58,9 +58,17 @@ file stem or folder name):
 * ``intervals.json``: the same intervals plus the input, model, thresholds (and where they
   came from), lost-face spans, notes and cache steps;
 * ``timeline.png``: scores of all candidate intervals over time, the thresholds, the kept
-  intervals, lost-face spans (and ``--ground-truth`` intervals when given);
+  intervals, lost-face spans (and ``--ground-truth`` intervals when given: kept intervals
+  that match one, same type at IoU >= 0.5, are green, the others red);
 * with ``--annotate``: ``annotated.mp4``, a copy of the video with the face box, the
-  detected intervals and lost-face spans drawn on it (OpenCV ``VideoWriter``).
+  detected intervals and lost-face spans drawn on it (OpenCV ``VideoWriter``; labels in
+  white on a dark box).
+
+With ``--ground-truth`` the F1 (macro, micro, overall) of each input is printed on its status
+line, and over all inputs when there are several; the counts are in ``intervals.json``.
+Messages name the input's own path and frame numbers (never its cache folder); an input that
+fails leaves no output folder; what native decoders print (FFmpeg, decord) stays off the
+terminal (``-v`` logs it).
 
 Lost face: crop (``mode: fixed``) keeps the reference frame's box for every frame, so a
 face that leaves the picture still yields crops. Spot runs the crop stage's dlib face
@@ -79,7 +87,9 @@ Exit codes (scripts can rely on them):
 * ``3``: no face found in the input;
 * ``4``: model problem: not a readable m2es checkpoint, no recoverable feature recipe, or a
   feature backbone / weights / clip geometry that does not match the features spot would
-  feed it.
+  feed it;
+* ``130``: interrupted (Ctrl-C): one line says so; output files are written atomically, so
+  none is half-written, and a rerun reuses the finished crop/flow/features.
 
 With several inputs every input is tried; the exit code is that of the first input that
 failed (model and usage errors stop at once).
@@ -88,7 +98,8 @@ The package, one module per job: :mod:`~pipeline.spot.errors` (exit codes),
 :mod:`~pipeline.spot.params` (the ``spot`` section), :mod:`~pipeline.spot.inputs` (probing,
 content key, cache folder), :mod:`~pipeline.spot.recipe` (checkpoint, feature recipe,
 thresholds), :mod:`~pipeline.spot.stages` (the stages on the cache),
-:mod:`~pipeline.spot.faces_check` (lost-face spans), :mod:`~pipeline.spot.intervals` (frame
+:mod:`~pipeline.spot.faces_check` (lost-face spans), :mod:`~pipeline.spot.messages` (messages in the
+user's terms), :mod:`~pipeline.spot.native` (native decoder noise), :mod:`~pipeline.spot.intervals` (frame
 numbers and seconds), :mod:`~pipeline.spot.ground_truth` (``--ground-truth``),
 :mod:`~pipeline.spot.spotting` (one input end to end), :mod:`~pipeline.spot.outputs` (files
 written) and :mod:`~pipeline.spot.cli` (the command line).

@@ -12,9 +12,11 @@ from typing import Any, Sequence
 
 from pipeline.core.params import load_params
 from pipeline.core.stage import setup_logging
-from pipeline.spot.errors import EXIT_BUG, EXIT_OK, ModelMismatch, SpotError, exit_code_of
-from pipeline.spot.inputs import SpotInput, ensure_writable, probe_input
-from pipeline.spot.params import SpotParams, check_ingest
+from pipeline.spot.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, ModelMismatch, SpotError, exit_code_of
+from pipeline.spot.ground_truth import f1_summary
+from pipeline.spot.inputs import SpotInput, ensure_writable, new_folders, probe_input, remove_empty
+from pipeline.spot.native import quiet_decoders
+from pipeline.spot.params import SpotParams, check_ingest, image_extensions
 from pipeline.spot.recipe import load_model, resolve_checkpoint
 from pipeline.spot.spotting import SpotResult, spot_one
 from pipeline.spot.stages import HEAVY_STEPS
@@ -22,6 +24,8 @@ from pipeline.spot.stages import HEAVY_STEPS
 log = logging.getLogger(__name__)
 
 DEFAULT_PARAMS = "params.yaml"
+INTERRUPTED = ("m2es spot: interrupted; no file is half-written (each is written under a temporary name, then "
+               "renamed). Rerun the same command to resume: finished crop/flow/features are reused.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m2es spot",
         description="Spot macro- and micro-expressions in videos or frame folders with a trained IAENet.",
         epilog="Exit codes: 0 ok; 1 internal error; 2 bad input or usage; 3 no face found; 4 model problem "
-               "(unreadable, or its feature backbone/weights do not match).")
+               "(unreadable, or its feature backbone/weights do not match); 130 interrupted (Ctrl-C).")
     p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_FRAME_FOLDER", help="video files and/or frame folders")
     p.add_argument("--model", required=True,
                    help="training run folder (data/<ds>/runs -> final/model.pt) or a checkpoint file")
@@ -89,19 +93,31 @@ def run(args: argparse.Namespace) -> tuple[int, list[SpotResult], list[str]]:
     Options, the output and cache folders and the model are checked first (any problem
     there stops the run); then each input is probed and spotted on its own, and a failed
     input does not stop the others. The exit code is that of the first failed input.
+    Folders this run created and left empty (a failed input's output folder) are removed,
+    also when the run stops on an error or Ctrl-C.
     """
     params, source = _load_params(args.params)
     settings = _settings(params, source, args)
     out_root = Path(args.out) if args.out else settings.out_root
-    device = args.device or settings.device
     checkpoint = resolve_checkpoint(args.model)
+    created = new_folders(out_root) + new_folders(settings.cache_root)
+    try:
+        return _run(args, params, settings, out_root, checkpoint, created)
+    finally:
+        remove_empty(created)
+
+
+def _run(args: argparse.Namespace, params: dict[str, Any], settings: SpotParams, out_root: Path, checkpoint: Path,
+         created: list[Path]) -> tuple[int, list[SpotResult], list[str]]:
+    """:func:`run` once the options are read; appends the folders it creates to ``created``."""
+    device = args.device or settings.device
     ensure_writable(out_root, "output", "--out")
     ensure_writable(settings.cache_root, "cache", "--cache-dir")
 
     outcomes: list[SpotInput | SpotError] = []
     for arg in args.inputs:
         try:
-            outcomes.append(probe_input(arg, args.fps))
+            outcomes.append(probe_input(arg, args.fps, image_extensions(params)))
         except SpotError as exc:
             log.error("%s", exc)
             outcomes.append(exc)
@@ -123,8 +139,10 @@ def run(args: argparse.Namespace) -> tuple[int, list[SpotResult], list[str]]:
             inp = outcome
             k = names.get(inp.name, 0)
             names[inp.name] = k + 1
-            out_dir = ensure_writable(out_root / (inp.name if k == 0 else f"{inp.name}_{k + 1}"), "output", "--out")
-            res = spot_one(inp, model, settings, params, out_dir, args.annotate, args.ground_truth)
+            out_dir = out_root / (inp.name if k == 0 else f"{inp.name}_{k + 1}")
+            created[:0] = new_folders(out_dir)   # deepest first
+            ensure_writable(out_dir, "output", "--out")
+            res = spot_one(inp, model, settings, params, out_dir, args.annotate, args.ground_truth, args.verbose)
         except ModelMismatch:
             raise
         except Exception as exc:  # noqa: BLE001 - one input's failure must not stop the others
@@ -140,8 +158,12 @@ def run(args: argparse.Namespace) -> tuple[int, list[SpotResult], list[str]]:
         counts = res.doc["counts"]
         heavy = "/".join(res.steps[s] for s in HEAVY_STEPS)
         lost = f", face lost in {len(res.lost_spans)} span(s)" if len(res.lost_spans) else ""
-        status.append(f"{inp.name}: {counts['macro']} macro, {counts['micro']} micro{lost} "
+        scored = f", vs ground truth {f1_summary([res.doc['ground_truth']])}" if "ground_truth" in res.doc else ""
+        status.append(f"{inp.name}: {counts['macro']} macro, {counts['micro']} micro{lost}{scored} "
                       f"[crop/flow/features {heavy}] -> {res.out_dir}")
+    scores = [r.doc["ground_truth"] for r in results if "ground_truth" in r.doc]
+    if len(scores) > 1:
+        status.append(f"all {len(scores)} inputs vs ground truth: {f1_summary(scores)}")
     return code, results, status
 
 
@@ -154,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     setup_logging(args.verbose)
     try:
-        code, results, status = run(args)
+        with quiet_decoders(args.verbose):
+            code, results, status = run(args)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every failure ends in one message and a documented code
         code = exit_code_of(exc)
         if code == EXIT_BUG:

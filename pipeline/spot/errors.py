@@ -6,7 +6,8 @@
   :class:`~pipeline.errors.M2esError` such as a bad params file, or
   :class:`~models.errors.ModelError` such as a bad weights file);
 * ``3`` (:data:`EXIT_NO_FACE`): no face found in the input (:class:`NoFaceError`);
-* ``4`` (:data:`EXIT_MODEL`): model problem (:class:`ModelMismatch`).
+* ``4`` (:data:`EXIT_MODEL`): model problem (:class:`ModelMismatch`);
+* ``130`` (:data:`EXIT_INTERRUPTED`): interrupted (Ctrl-C), as shells report a process ended by SIGINT.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ EXIT_BUG = 1
 EXIT_INPUT = 2
 EXIT_NO_FACE = 3
 EXIT_MODEL = 4
+EXIT_INTERRUPTED = 130
 
 
 class SpotError(M2esError):

@@ -24,12 +24,17 @@ from pipeline.io.decode import BadFrameError, open_source
 from pipeline.io.h5io import read_attr_json
 from pipeline.io.tables import TYPES, read_frames, read_videos, write_table
 from pipeline.spot.errors import SpotError
+from pipeline.spot.ground_truth import IOU_THRESHOLD
 from pipeline.spot.inputs import VIDEO_NAME, SpotInput
-from pipeline.spot.intervals import to_input_frames
+from pipeline.spot.intervals import passes, to_input_frames
+from pipeline.spot.messages import UserTerms
 
 CSV_COLUMNS = ["video", "type", "onset", "apex", "offset", "onset_s", "apex_s", "offset_s", "score"]
 TYPE_COLORS = {"macro": "tab:blue", "micro": "tab:orange"}
+#: with ``--ground-truth``: spotted intervals that match one (TP) and those that do not (FP); ground truth spans
+HIT_COLOR, MISS_COLOR, GT_COLOR = "tab:green", "tab:red", "0.8"
 _BGR = {"macro": (200, 120, 30), "micro": (20, 140, 250)}
+_LABEL_BOX = (20, 20, 20)   # annotated.mp4: labels are white text on this dark box, readable on any picture
 
 
 def jsonable(obj: Any) -> Any:
@@ -53,16 +58,38 @@ def write_intervals(csv_path: Path, json_path: Path, intervals: pd.DataFrame, do
 
 def plot_spot_timeline(path: Path, inp: SpotInput, cand: pd.DataFrame, lost: np.ndarray,
                        thresholds: Mapping[str, float], spans: pd.DataFrame, frames: pd.DataFrame, last_frame: int,
-                       first_frame: int, gt: pd.DataFrame | None, title: str) -> None:
-    """Scores of every candidate over time (seconds), thresholds, kept intervals, lost-face spans, ground truth."""
+                       first_frame: int, gt: pd.DataFrame | None, title: str, hits: np.ndarray | None = None
+                       ) -> None:
+    """``timeline.png``: the figure of :func:`timeline_figure`, written atomically."""
+    fig = timeline_figure(inp, cand, lost, thresholds, spans, frames, last_frame, first_frame, gt, title, hits)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def timeline_figure(inp: SpotInput, cand: pd.DataFrame, lost: np.ndarray, thresholds: Mapping[str, float],
+                    spans: pd.DataFrame, frames: pd.DataFrame, last_frame: int, first_frame: int,
+                    gt: pd.DataFrame | None, title: str, hits: np.ndarray | None = None) -> Figure:
+    """Scores of every candidate over time (seconds), thresholds, kept intervals, lost-face spans, ground truth.
+
+    Kept intervals are drawn in their type's colour; with ``hits`` (one flag per kept interval, in
+    ``cand``'s order: it matches a ground truth, :func:`~pipeline.spot.ground_truth.hits`) those that match
+    are green and the others red, over grey ground-truth spans.
+    """
     times = to_input_frames(cand, frames, last_frame, first_frame, inp.fps) if len(cand) else None
+    hit = np.zeros(len(cand), dtype=bool)
+    if hits is not None and len(cand):
+        kept_rows = np.flatnonzero(~lost & passes(cand, thresholds))
+        if len(kept_rows) != len(hits):
+            raise ValueError(f"{len(hits)} hit flags for {len(kept_rows)} kept intervals")
+        hit[kept_rows] = hits
     fig = Figure(figsize=(12, 4.2), dpi=100)
     axes = fig.subplots(len(TYPES), 1, sharex=True)
     end = (last_frame - first_frame + 1) / inp.fps
     for ax, t in zip(axes, TYPES):
         if gt is not None:
             for on, off in gt.loc[gt["type"] == t, ["onset", "offset"]].itertuples(index=False):
-                ax.axvspan((on - first_frame) / inp.fps, (off - first_frame + 1) / inp.fps, color="0.8", lw=0)
+                ax.axvspan((on - first_frame) / inp.fps, (off - first_frame + 1) / inp.fps, color=GT_COLOR, lw=0,
+                           label="ground truth")
         for r in spans.itertuples():
             ax.axvspan(r.onset_s, r.offset_s, facecolor="none", edgecolor="0.4", hatch="///", lw=0)
         if times is not None:
@@ -71,25 +98,48 @@ def plot_spot_timeline(path: Path, inp: SpotInput, cand: pd.DataFrame, lost: np.
             on, off = times["onset_s"].to_numpy(), times["offset_s"].to_numpy()
             keep = sel & ~lost & (score >= thresholds[t])
             faint = sel & ~keep
-            ax.hlines(score[faint], on[faint], off[faint], color="0.6", lw=1, alpha=0.6)
-            ax.hlines(score[keep], on[keep], off[keep], color=TYPE_COLORS[t], lw=3)
+            ax.hlines(score[faint], on[faint], off[faint], color="0.6", lw=1, alpha=0.6, label="not kept")
+            if hits is None:
+                ax.hlines(score[keep], on[keep], off[keep], color=TYPE_COLORS[t], lw=3, label="spotted")
+            else:
+                for sel_hit, color, label in ((keep & hit, HIT_COLOR, "spotted, matches ground truth"),
+                                              (keep & ~hit, MISS_COLOR, "spotted, no ground truth matched")):
+                    ax.hlines(score[sel_hit], on[sel_hit], off[sel_hit], color=color, lw=3, label=label)
         ax.axhline(thresholds[t], color="k", ls="--", lw=0.8)
         ax.set_ylim(0, 1.05)
         ax.set_xlim(0, end)
         ax.set_ylabel(f"{t}\nscore")
-    legend = "coloured: spotted; faint: below threshold or in a lost-face span; dashed: threshold; hatched: face lost"
-    if gt is not None:
-        legend += "; grey spans: ground truth"
+    legend = "faint: below threshold or in a lost-face span; dashed: threshold; hatched: face lost"
+    if hits is not None:
+        legend = (f"green: spotted, matches a ground truth (same type, IoU >= {IOU_THRESHOLD:g}); red: spotted, "
+                  f"matches none; grey spans: ground truth\n{legend}")
+    else:
+        legend = f"coloured: spotted; {legend}" + ("; grey spans: ground truth" if gt is not None else "")
     axes[-1].set_xlabel(f"time (s) of {inp.path.name} at {inp.fps:g} fps. {legend}", fontsize=8)
     axes[0].set_title(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    return fig
+
+
+def draw_label(img: np.ndarray, text: str, org: tuple[int, int], scale: float, thickness: int,
+               swatch: tuple[int, int, int] | None = None) -> None:
+    """White ``text`` with its baseline at ``org`` on a dark box (readable on any picture), after a small
+    square of ``swatch`` (BGR) when given; drawn into ``img`` (BGR) in place."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x, y = org
+    pad = 3
+    sw = th + 2 * pad if swatch is not None else 0
+    cv2.rectangle(img, (x - pad, y - th - pad), (x + sw + tw + pad, y + base + pad), _LABEL_BOX, cv2.FILLED)
+    if swatch is not None:
+        cv2.rectangle(img, (x, y - th), (x + th, y), swatch, cv2.FILLED)
+    cv2.putText(img, text, (x + sw, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
 
 
 def write_annotated(path: Path, paths: DataPaths, intervals: pd.DataFrame, spans: pd.DataFrame, faces_path: Path,
-                    codec: str, fps: float) -> None:
-    """A copy of the input with the face box, spotted intervals and lost-face spans drawn (mp4 via OpenCV)."""
+                    codec: str, fps: float, terms: UserTerms | None = None) -> None:
+    """A copy of the input with the face box, spotted intervals and lost-face spans drawn (mp4 via OpenCV).
+
+    ``terms`` rewrites a decode error about the cache into the user's terms."""
     videos = read_videos(paths.ingest / "videos.csv")
     row = videos.iloc[0]
     frames = read_frames(paths.ingest / "frames.csv").sort_values("frame")
@@ -118,12 +168,10 @@ def write_annotated(path: Path, paths: DataPaths, intervals: pd.DataFrame, spans
         for k, i in enumerate(active):
             color = _BGR.get(str(types[i]), (255, 255, 255))
             cv2.rectangle(img, (2 + 3 * k, 2 + 3 * k), (w - 3 - 3 * k, h - 3 - 3 * k), color, 3)
-            cv2.putText(img, f"{types[i]} {scores[i]:.2f}", (8, 22 + 20 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
-                        color, 2, cv2.LINE_AA)
+            draw_label(img, f"{types[i]} {scores[i]:.2f}", (10, 24 + 24 * k), 0.6, 2, color)
         if np.any((lost_on <= n) & (n <= lost_off)):
-            cv2.putText(img, "face lost", (8, h - 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (160, 160, 160), 2, cv2.LINE_AA)
-        cv2.putText(img, f"frame {n}  {(n - numbers[0]) / fps:.2f} s", (8, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 1, cv2.LINE_AA)
+            draw_label(img, "face lost", (10, h - 32), 0.6, 2)
+        draw_label(img, f"frame {n}  {(n - numbers[0]) / fps:.2f} s", (10, h - 10), 0.45, 1)
         return img
 
     first = source.read(0)
@@ -141,7 +189,7 @@ def write_annotated(path: Path, paths: DataPaths, intervals: pd.DataFrame, spans
                                leave=False):
                 if isinstance(img, BadFrameError):
                     if last is None:
-                        raise SpotError(f"{path}: {img}")
+                        raise SpotError(f"{path}: {terms(str(img)) if terms else img}")
                     img = last
                 writer.write(img)
                 last = img

@@ -165,7 +165,8 @@ def recipe_from_dataset_folder(checkpoint: Path, provenance: Mapping[str, Any]) 
 
 
 def recipe_from_params(params: Mapping[str, Any], dataset: str, preset_dir: str | Path = PRESET_DIR) -> Recipe:
-    """The recipe of dataset preset ``dataset`` in ``params`` (params.yaml with the preset's overrides)."""
+    """The recipe of dataset preset ``dataset`` in ``params`` (each section with ``per_dataset.<dataset>`` merged in,
+    as the stages read it: :func:`pipeline.core.params.stage_params`)."""
     preset = load_dataset(dataset, preset_dir)
     fps = preset.get("target_fps") or stage_params(params, "resample", preset).get("target_fps")
     if fps is None:
@@ -213,6 +214,10 @@ def check_feature_recipe(section: Mapping[str, Any], provenance: Mapping[str, An
     for key in ("clip", "stride", "input_size", "flow_bound"):
         if key in provenance and provenance[key] is not None and float(provenance[key]) != float(getattr(cfg, key)):
             problems.append(f"features.{key}: model trained with {provenance[key]}, this run {getattr(cfg, key)}")
+    quantize = provenance.get("flow_quantize", "none")  # features made before the key read the float flow
+    if quantize != cfg.flow_quantize:
+        problems.append(f"features.flow_quantize: model trained on {quantize} flow, this run {cfg.flow_quantize} "
+                        f"(set features.flow_quantize: {quantize})")
     if cfg.backbone == ROI_FLOW and trained == ROI_FLOW:
         problems += _roi_problems(cfg, provenance)
     if problems:
@@ -274,7 +279,7 @@ def _needs(provenance: Mapping[str, Any]) -> str:
         roi = provenance.get("roi")
         return (f"The model needs {ROI_FLOW} features (no weights file; features.roi {roi}, roi_flow version "
                 f"{provenance.get('roi_version')}): set features.backbone: {ROI_FLOW} and features.roi to those "
-                "values (params.yaml, or the --dataset preset's overrides).")
+                "values (params.yaml, or per_dataset.<NAME>.features for --dataset NAME).")
     parts = []
     for stream in ("rgb", "flow"):
         want = provenance.get(f"weights_{stream}")
@@ -285,8 +290,8 @@ def _needs(provenance: Mapping[str, Any]) -> str:
             parts.append(f"{stream}: SHA-256 {want} (trained from {where})")
     backbone = provenance.get("backbone", "?")
     return (f"The model needs {backbone} features with weights {'; '.join(parts) or 'unrecorded'}: set "
-            f"features.backbone: {backbone} (params.yaml, or the --dataset preset's overrides) and pass those "
-            "files with --weights-rgb/--weights-flow (features.weights.rgb/flow).")
+            f"features.backbone: {backbone} (params.yaml, or per_dataset.<NAME>.features for --dataset NAME) and "
+            "pass those files with --weights-rgb/--weights-flow (features.weights.rgb/flow).")
 
 
 def _describe(identity: str) -> str:

@@ -23,9 +23,10 @@ from pipeline.learning.postprocess import predict_video
 from pipeline.scoring.protocols import apply_thresholds
 from pipeline.spot.errors import ModelMismatch
 from pipeline.spot.faces_check import cached_face_check
-from pipeline.spot.ground_truth import read_user_ground_truth, score_against
-from pipeline.spot.inputs import VIDEO_NAME, SpotInput, content_key, prepare_cache
+from pipeline.spot.ground_truth import hits, read_user_ground_truth, score_against
+from pipeline.spot.inputs import VIDEO_NAME, SpotInput, content_key, link_path, prepare_cache
 from pipeline.spot.intervals import overlaps, passes, spans_table, to_input_frames
+from pipeline.spot.messages import UserTerms
 from pipeline.spot.outputs import CSV_COLUMNS, plot_spot_timeline, write_annotated, write_intervals
 from pipeline.spot.params import SpotParams, image_extensions
 from pipeline.spot.recipe import SpotModel
@@ -62,16 +63,22 @@ def check_fed_features(attrs: Mapping[str, Any], width: int, model: SpotModel) -
 
 
 def spot_one(inp: SpotInput, model: SpotModel, settings: SpotParams, params: Mapping[str, Any], out_dir: Path,
-             annotate: bool = False, ground_truth: str | None = None) -> SpotResult:
-    """Spot one input end to end and write its outputs into ``out_dir``."""
+             annotate: bool = False, ground_truth: str | None = None, verbose: bool = False) -> SpotResult:
+    """Spot one input end to end and write its outputs into ``out_dir``.
+
+    Errors and the stages' log records name the input and its frame numbers, not its cache
+    (:mod:`pipeline.spot.messages`); the stages' progress lines about the cache show only when ``verbose``.
+    """
     cache_root = settings.cache_root.resolve()
     n_steps = 9 + int(annotate)  # hash, ingest, resample, crop, flow, features, face check, IAENet, write
-    with tqdm(total=n_steps, desc=f"spot {inp.name}", unit="step") as bar:
+    terms = UserTerms(inp)
+    with tqdm(total=n_steps, desc=f"spot {inp.name}", unit="step") as bar, terms.logging(verbose):
         bar.set_postfix_str("hash")
         inp.key = content_key(inp, image_extensions(params), settings.hash_chunk_mb)
         bar.update(1)
         base, raw = prepare_cache(inp, cache_root)
-        ctxs, steps = run_pipeline(inp, model, cache_root, raw, params, settings.fps_tolerance, bar)
+        terms.link = link_path(inp, raw)
+        ctxs, steps = run_pipeline(inp, model, cache_root, raw, params, settings.fps_tolerance, bar, terms)
         paths = ctxs["crop"].paths
         faces_path = paths.h5(paths.faces, VIDEO_NAME)
         frames = read_frames(paths.resample / "frames.csv")
@@ -141,11 +148,12 @@ def spot_one(inp: SpotInput, model: SpotModel, settings: SpotParams, params: Map
         plot_spot_timeline(out["png"], inp, cand, lost, model.thresholds, span_df, frames, last_frame, first_frame,
                            gt, f"{inp.name}: {len(intervals)} interval(s); thresholds macro "
                                f"{model.thresholds['macro']:.2f} / micro {model.thresholds['micro']:.2f} "
-                               f"({model.threshold_source})")
+                               f"({model.threshold_source})", None if gt is None else hits(intervals, gt))
         bar.update(1)
         if annotate:
             bar.set_postfix_str("annotate")
-            write_annotated(out["video"], paths, intervals, span_df, faces_path, settings.annotate_codec, inp.fps)
+            write_annotated(out["video"], paths, intervals, span_df, faces_path, settings.annotate_codec, inp.fps,
+                            UserTerms(inp, terms.link, numbers))
             bar.update(1)
     return SpotResult(inp, out_dir, intervals, cand, span_df, steps, doc)
 

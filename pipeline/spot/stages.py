@@ -24,9 +24,10 @@ from pipeline.core.paths import DataPaths
 from pipeline.core.runner import ParallelParams
 from pipeline.core.stage import StageContext
 from pipeline.errors import M2esError, StageFailed
-from pipeline.io.tables import read_videos
+from pipeline.io.tables import read_frames, read_videos
 from pipeline.spot.errors import NoFaceError, SpotError
 from pipeline.spot.inputs import VIDEO_NAME, SpotInput
+from pipeline.spot.messages import UserTerms
 from pipeline.spot.params import ingest_section
 from pipeline.spot.recipe import SpotModel
 
@@ -71,31 +72,35 @@ def _contexts(inp: SpotInput, model: SpotModel, cache_root: Path, raw: Path, par
             for stage in STAGES}
 
 
-def _run_stage(stage: str, ctx: StageContext, inp: SpotInput) -> None:
-    """Run one pipeline stage on the input; turn its failure into the right SpotError."""
+def _run_stage(stage: str, ctx: StageContext, inp: SpotInput, terms: UserTerms) -> None:
+    """Run one pipeline stage on the input; turn its failure into the right SpotError, in the user's terms
+    (the input's path and frame numbers, not the cache's)."""
     try:
         STAGES[stage].run(ctx)
     except StageFailed as exc:
-        reason = "; ".join(exc.failures.values())
+        reason = terms("; ".join(exc.failures.values()))
         if stage == "crop" and "NoFaceFound" in exc.kinds.values():
             raise NoFaceError(f"{inp.label}: no face found. {reason}") from None
         raise SpotError(f"{inp.label}: {stage} failed: {reason}") from None
     except (M2esError, ModelError) as exc:
-        raise SpotError(f"{inp.label}: {stage}: {exc}") from None
+        raise SpotError(f"{inp.label}: {stage}: {terms(str(exc))}") from None
 
 
 def run_pipeline(inp: SpotInput, model: SpotModel, cache_root: Path, raw: Path, params: Mapping[str, object],
-                 fps_tolerance: float, bar: tqdm) -> tuple[dict[str, StageContext], dict[str, str]]:
-    """Ingest, resample, crop, flow and features of one input into its cache; returns (contexts, steps)."""
+                 fps_tolerance: float, bar: tqdm, terms: UserTerms) -> tuple[dict[str, StageContext], dict[str, str]]:
+    """Ingest, resample, crop, flow and features of one input into its cache; returns (contexts, steps).
+
+    ``terms`` learns the input's frame numbers once resample has run (the later stages count its frames)."""
     ctxs = _contexts(inp, model, cache_root, raw, params, fps_tolerance)
     steps: dict[str, str] = {}
     for stage in ("ingest", "resample"):
         bar.set_postfix_str(stage)
-        _run_stage(stage, ctxs[stage], inp)
+        _run_stage(stage, ctxs[stage], inp, terms)
         steps[stage] = "ran"
         bar.update(1)
     paths = ctxs["crop"].paths
     videos = read_videos(paths.resample / "videos.csv")
+    terms.numbers = read_frames(paths.resample / "frames.csv").sort_values("frame")["source_frame"].to_numpy()
     n = int(videos["n_frames"].iloc[0])
     clip = int(model.recipe.features.get("clip", 8))
     if n < clip + 1:
@@ -107,7 +112,7 @@ def run_pipeline(inp: SpotInput, model: SpotModel, cache_root: Path, raw: Path, 
     for stage in HEAVY_STEPS:
         bar.set_postfix_str(stage)
         before = _state(outputs[stage])
-        _run_stage(stage, ctxs[stage], inp)
+        _run_stage(stage, ctxs[stage], inp, terms)
         after = _state(outputs[stage])
         if after is None:
             raise SpotError(f"{inp.label}: {stage} wrote no output ({outputs[stage]}); see the log above.")

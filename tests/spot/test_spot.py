@@ -30,6 +30,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +76,8 @@ def _params() -> dict:
     # reduced_decode off: PNG frames (the 200-fps folder) are then decoded exactly like the mp4's
     p["crop"].update(size=48, reduced_decode=False)
     p["flow"].update(impl="opencv", nscales=2, warps=1, outer_iterations=1, inner_iterations=10)
-    p["features"].update(allow_random_init=True, input_size=32, flow_bound=0.05, batch_size=64)
+    p["features"].update(allow_random_init=True, input_size=32, flow_bound=0.05, batch_size=64,
+                         flow_quantize="none")  # the float flow this module's model was tuned on
     # folds lists no subject: only the final model (trained on every subject) is trained
     p["train"].update(model_preset="iaenet_spot", epochs=200, warmup_epochs=2, batch_size=4, lr=1e-3,
                       reg_weight=1.0, device="cpu", seed=0, folds=["none"])
@@ -302,7 +306,14 @@ def test_a_face_lost_mid_video_is_reported_and_the_rest_is_spotted(trained, tmp_
     assert len(outside) >= 1 and (matched(csv[csv.type == "macro"], outside) >= 0.5).any()
     assert any("face lost" in n for n in doc["notes"])
     annotated = out / "lost" / "annotated.mp4"
-    assert annotated.stat().st_size > 0 and len(decode_all(annotated)) == len(frames)
+    drawn = decode_all(annotated)
+    assert annotated.stat().st_size > 0 and len(drawn) == len(frames)
+    # the label of an interval (top left) is white text on a dark box, readable whatever the picture there
+    first = csv.iloc[0]
+    (tw, th), base = cv2.getTextSize(f"{first.type} {first.score:.2f}", cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2)
+    label = drawn[int(first.apex), 24 - th:24 + base, 10 + th + 6:10 + th + 6 + tw].reshape(-1, 3).astype(int)
+    white, dark = (label.min(1) > 180).mean(), (label.max(1) < 70).mean()
+    assert white > 0.1 and dark > 0.4 and white + dark > 0.8, (white, dark)
 
 
 def test_short_videos_and_frame_rates_near_and_below_the_models(trained, tmp_path, capsys):
@@ -402,9 +413,61 @@ def test_a_truncated_frame_is_repeated_when_the_params_file_says_so(trained, tmp
     assert spot(folder, "--model", trained.runs, "--out", out, "--fps", 30) == 2
     err = capsys.readouterr().err
     assert "img_00100.jpg" in err and "on_bad_frame: repeat" in err
+    # named as the user knows it: the folder's file and frame number, not the cache's link ("video video")
+    assert f"frame 100: {bad}: truncated JPEG" in err
+    assert "video video" not in err and "/raw/video" not in err
+    assert not out.exists()                       # the failed input's output folder is not left behind
     params = tmp_path / "repeat.yaml"
     params.write_text(yaml.safe_dump({"crop": {"on_bad_frame": "repeat"}}))
     assert spot(folder, "--model", trained.runs, "--out", out, "--fps", 30, "--params", params) == 0
     _, doc = read_out(out / "frames")
     with h5py.File(cache_files(doc)["faces"]) as f:
         assert list(f.attrs["repeated_frames"]) == [99]          # 0-based position of img_00100.jpg
+
+
+def test_ground_truth_f1_is_printed_per_input_and_over_all(trained, spot30, tmp_path, capsys):
+    _, doc30, _ = spot30
+    copy_ = tmp_path / "copy.mp4"             # same content (cached), another name: no ground truth rows
+    shutil.copy(trained.mp4, copy_)
+    out = tmp_path / "out"
+    assert spot(trained.mp4, copy_, "--model", trained.runs, "--out", out, "--threshold-macro", THRESHOLD,
+                "--threshold-micro", THRESHOLD, "--ground-truth", trained.raw / "ground_truth.csv") == 0
+    printed = capsys.readouterr().out
+    mine = doc30["ground_truth"]
+    f1 = ", ".join(f"{t} {mine[t]['f1']:.2f}" for t in ("macro", "micro", "overall"))
+    assert f"{VIDEO}: " in printed and f"vs ground truth F1 {f1} [" in printed
+    _, other = read_out(out / "copy")
+    total = {t: (mine[t]["tp"] + other["ground_truth"][t]["tp"], mine[t]["n_pred"] + other["ground_truth"][t]["n_pred"],
+                 mine[t]["n_gt"] + other["ground_truth"][t]["n_gt"]) for t in ("macro", "micro", "overall")}
+    both = ", ".join(f"{t} {2 * tp / (p + g) if p + g else 0:.2f}" for t, (tp, p, g) in total.items())
+    assert f"all 2 inputs vs ground truth: F1 {both}" in printed
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_leaves_no_half_written_output(trained, tmp_path):
+    """A real ``m2es spot`` process gets SIGINT (to its process group, as Ctrl-C in a terminal) once it is
+    cropping a new input."""
+    video = write_mp4(tmp_path / "fresh.mp4", decode_all(trained.mp4)[::-1].copy())   # new content: no cache
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "spot", str(video), "--model", str(trained.runs),
+                             "--out", str(out), "--cache-dir", str(cache)], cwd=trained.root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    seen = b""
+    try:
+        while b"crop]" not in seen:             # tqdm's postfix: the crop stage has started
+            chunk = proc.stderr.read1(4096)
+            assert chunk, f"spot ended before cropping: {seen.decode(errors='replace')}"
+            seen += chunk
+        os.killpg(proc.pid, signal.SIGINT)
+        _, rest = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = (seen + rest).decode(errors="replace")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    lines = [line.strip() for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith("m2es spot: interrupted;") and sum("interrupted" in x for x in lines) == 1
+    assert len(lines[-1]) < 200
+    assert not out.exists()                      # nothing written for the input, no empty folder
