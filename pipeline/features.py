@@ -10,7 +10,10 @@ The published recipe, point by point (each a parameter where it can vary):
   antialiased when shrinking; flow values are resized like the flow images of the
   published tooling, i.e. not rescaled);
 * RGB scaled to [-1, 1] (``x / 127.5 - 1``); grayscale replicated to 3 channels;
-* flow clipped to ±``flow_bound`` px (15) and divided by it, before resizing;
+* flow clipped to ±``flow_bound`` px (15) and divided by it, before resizing; with
+  ``flow_quantize: jpeg`` (real presets) first stored and read as the published tooling did:
+  0-255 levels, one JPEG (quality 95) per component, read back as ``k * 2 / 255 - 1``
+  (:mod:`pipeline.extract.flow_jpeg`; for either backbone);
 * clips of ``clip`` (8) frames every ``stride`` (2) frames; the last RGB frame is dropped
   so RGB and flow give the same count N = (T - 1 - clip) // stride + 1; clip i covers
   frames [stride*i, stride*i + clip) and flow fields [stride*i, stride*i + clip);
@@ -112,7 +115,8 @@ def _extract(todo: list[VideoTask], out: Outcomes, cfg: FeaturesParams, bad_inpu
              cfg.precision)
     with PrefetchReader([t.payload["probe"] for t in todo], cfg.prefetch, cfg.read_workers,
                         pin=extractor.device.type == "cuda", threads=cfg.read_threads,
-                        streams=extractor.streams) as reader, \
+                        streams=extractor.streams, flow_quantize=cfg.flow_quantize,
+                        flow_bound=cfg.flow_bound) as reader, \
             tqdm(total=n_clips, desc="features", unit="clip") as bar:
         for result in extractor.run(reader):
             if isinstance(result, Failed):

@@ -124,6 +124,7 @@ class FeatureExtractor:
             "backbone": self.cfg.backbone, "dim": self.dim, "dim_concat": self.dim * len(self.streams),
             "streams": list(self.streams), "clip": self.cfg.clip, "stride": self.cfg.stride,
             "input_size": self.cfg.input_size, "flow_bound": self.cfg.flow_bound,
+            "flow_quantize": self.cfg.flow_quantize,
             "precision": self.cfg.precision, "channels_last": self.cfg.channels_last, "fuse": self.cfg.fuse,
             "space_to_depth": self.cfg.space_to_depth,
             "compile": self.cfg.compile, "device": str(self.device),
@@ -160,7 +161,8 @@ class FeatureExtractor:
             views["rgb"] = clip_views(prepare_rgb(src, cfg.input_size, self.dtype, cfg.resize_antialias),
                                       cfg.clip, cfg.stride)[:n]
         if "flow" in self.streams:
-            src = host_tensor(item.flow, np.float16)
+            levels = item.flow.dtype == (torch.uint8 if isinstance(item.flow, torch.Tensor) else np.uint8)
+            src = host_tensor(item.flow, np.uint8 if levels else np.float16)  # levels: flow_quantize jpeg
             src = src.to(dev, non_blocking=src.is_pinned())
             views["flow"] = clip_views(prepare_flow(src, cfg.input_size, cfg.flow_bound, self.dtype,
                                                     cfg.resize_antialias), cfg.clip, cfg.stride)[:n]

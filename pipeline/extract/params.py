@@ -8,7 +8,10 @@ file's ``m2es_digest`` (:func:`pipeline.extract.writer.video_digest`).
 :data:`ROI_FLOW`, the weight-free landmark-region flow baseline (:mod:`pipeline.extract.roi_flow`),
 whose knobs are the nested ``roi`` mapping (:class:`RoiParams`). The ``roi`` knobs and
 :data:`ROI_VERSION` enter the digest of roi_flow features only: the identity of i3d
-features is what it was before roi_flow existed.
+features is what it was before roi_flow existed. ``flow_quantize`` (the published JPEG
+store-and-read of the flow, :mod:`pipeline.extract.flow_jpeg`) applies to what either backbone
+reads; it enters the digest only when not ``none`` (for roi_flow with ``flow_bound``, which
+then matters), so outputs made before it keep their digests.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from models.weights import BACKBONES
 
 from pipeline.core.section import Section, knob
 from pipeline.errors import ConfigError
+from pipeline.extract.flow_jpeg import FLOW_QUANTIZE
 
 VERSION = 1  # bump when the features of the same params and inputs change
 STREAMS: tuple[str, ...] = ("rgb", "flow")
@@ -32,7 +36,7 @@ HEAD_MOTIONS: tuple[str, ...] = ("similarity", "affine", "nose", "none")
 
 @dataclass(frozen=True)
 class RoiParams(Section):
-    """The nested ``features.roi`` mapping: the knobs of backbone roi_flow (see params.yaml's comments).
+    """The nested ``features.roi`` mapping: the knobs of backbone roi_flow (explained in configs/params.reference.yaml).
 
     ``reference_pairs``: flow fields summed into the sliding reference (the accumulated
     displacement at field t is the head-free flow of fields t - reference_pairs + 1 .. t);
@@ -58,13 +62,14 @@ def _stream_weights(weights: Any) -> dict[str, str | None]:
 
 @dataclass(frozen=True)
 class FeaturesParams(Section):
-    """The ``features`` section of params.yaml (see the comments there).
+    """The ``features`` section of params.yaml (knobs explained in configs/params.reference.yaml).
 
     ``weights`` is the nested ``weights: {rgb, flow}`` mapping (paths or null); after
     construction it always holds both streams (:meth:`weights_path`, :attr:`weights_rgb`,
     :attr:`weights_flow` read it).
 
-    Backbone roi_flow reads ``clip``, ``stride``, ``roi`` and the reader's knobs only; the
+    Backbone roi_flow reads ``clip``, ``stride``, ``roi``, ``flow_quantize`` (with ``flow_bound``
+    when it is ``jpeg``) and the reader's knobs only; the
     network knobs (weights, input size, precision, fuse, ...) are accepted and ignored, so a
     dataset preset tuned for i3d runs roi_flow unchanged.
     """
@@ -79,6 +84,7 @@ class FeaturesParams(Section):
     clip: int = knob(8, min=1)
     stride: int = knob(2, min=1)
     flow_bound: float = knob(15.0)
+    flow_quantize: str = knob("none", choices=FLOW_QUANTIZE)  # none: as before the key (params.yaml: jpeg, published)
     resize_antialias: bool = knob(True)
     device: str = knob("auto")
     precision: str = knob("fp32", choices=PRECISIONS)
@@ -98,7 +104,7 @@ class FeaturesParams(Section):
     OPERATIONAL: ClassVar[tuple[str, ...]] = ("device", "batch_size", "inflight", "prefetch", "read_threads",
                                               "read_workers", "compile", "weights")
     # Keys added after outputs existed: in the digest only when set, so older outputs keep theirs.
-    LATER: ClassVar[Mapping[str, Any]] = {"space_to_depth": False}
+    LATER: ClassVar[Mapping[str, Any]] = {"space_to_depth": False, "flow_quantize": "none"}
 
     def __post_init__(self) -> None:
         if self.weights is None or (isinstance(self.weights, Mapping) and not set(self.weights) - set(STREAMS)):
@@ -140,11 +146,15 @@ class FeaturesParams(Section):
 
         For the networks: every key but the operational ones (and ``roi``, which they do
         not read), the LATER ones only when set. For roi_flow: ``backbone``, ``clip``,
-        ``stride`` and the whole ``roi`` mapping, defaults filled in. Either is a valid
+        ``stride`` and the whole ``roi`` mapping, defaults filled in, and ``flow_quantize``
+        with ``flow_bound`` when it is not ``none``. Either is a valid
         ``features`` section (stored as the files' ``m2es_params``, which ``m2es spot`` reads back).
         """
         if self.backbone == ROI_FLOW:
-            return {"backbone": self.backbone, "clip": self.clip, "stride": self.stride,
-                    "roi": self.roi_params.as_params()}
+            ident = {"backbone": self.backbone, "clip": self.clip, "stride": self.stride,
+                     "roi": self.roi_params.as_params()}
+            if self.flow_quantize != self.LATER["flow_quantize"]:
+                ident.update(flow_quantize=self.flow_quantize, flow_bound=self.flow_bound)
+            return ident
         return {k: v for k, v in self.__dict__.items()
                 if k not in self.OPERATIONAL and k != "roi" and not (k in self.LATER and v == self.LATER[k])}

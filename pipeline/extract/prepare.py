@@ -1,6 +1,7 @@
 """Device-side preparation of a video for the model: normalise, resize, cut into clip views.
 
-Frames arrive on the device as uint8 and flow as float16; each is normalised and resized
+Frames arrive on the device as uint8 and flow as float16 (or as the published uint8 levels,
+``features.flow_quantize: jpeg``); each is normalised and resized
 there once per frame (:func:`prepare_rgb`, :func:`prepare_flow`), and clips are strided
 views of the result (:func:`clip_views`), ``clip_count(T)`` of them per video.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.extract.flow_jpeg import level_values
 
 PREPARE_CHUNK = 256  # frames normalised/resized at a time on the device (bounds fp32 scratch memory)
 
@@ -48,11 +51,19 @@ def prepare_rgb(frames: torch.Tensor, size: int, dtype: torch.dtype = torch.floa
 
 def prepare_flow(flow: torch.Tensor, size: int, bound: float = 15.0, dtype: torch.dtype = torch.float32,
                  antialias: bool = True, chunk: int = PREPARE_CHUNK) -> torch.Tensor:
-    """Flow fields [T-1, H, W, 2] (pixels) -> [T-1, size, size, 2] clipped to ±bound, divided by bound."""
+    """Flow fields [T-1, H, W, 2] (pixels) -> [T-1, size, size, 2] clipped to ±bound, divided by bound.
+
+    uint8 flow is the published 0-255 levels (:func:`pipeline.extract.flow_jpeg.quantize_flow`,
+    already at ±bound): each level becomes the published ``k * 2 / 255 - 1`` instead.
+    """
     n = flow.shape[0]
     out = torch.empty((n, size, size, 2), dtype=dtype, device=flow.device)
+    table = torch.from_numpy(level_values()).to(flow.device) if flow.dtype == torch.uint8 else None
     for a in range(0, n, chunk):
-        x = flow[a:a + chunk].float().clamp_(-bound, bound).div_(bound)
+        if table is not None:
+            x = table[flow[a:a + chunk].long()]
+        else:
+            x = flow[a:a + chunk].float().clamp_(-bound, bound).div_(bound)
         out[a:a + x.shape[0]] = _resize_frames(x, size, antialias)
     return out
 

@@ -3,7 +3,9 @@
 * :func:`probe_video`: the faces and flow files of a video, checked against each other
   without reading pixels (:func:`pipeline.io.artifacts.check_faces` / ``check_flow``);
 * :func:`read_video`: the frames (uint8) and flow (float16) of a probed video, whole, its
-  HDF5 chunks decoded in a thread pool, optionally straight into page-locked memory;
+  HDF5 chunks decoded in a thread pool, optionally straight into page-locked memory; with
+  ``flow_quantize: jpeg`` the flow as the published tooling stored and read it, uint8 levels
+  (:mod:`pipeline.extract.flow_jpeg`);
 * :class:`PrefetchReader`: videos read ahead by a background thread (or a process pool),
   read errors coming out as :class:`Failed` items.
 """
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InputError, M2esError
+from pipeline.extract.flow_jpeg import quantize_flow
 from pipeline.extract.params import STREAMS
 from pipeline.io.artifacts import check_faces, check_flow
 from pipeline.io.h5chunks import decode_threads, read_dataset
@@ -53,7 +56,7 @@ class VideoInput:
 
     probe: VideoProbe
     frames: np.ndarray | torch.Tensor | None  # uint8 [T, H, W, C] (a tensor when pinned); None: rgb not read
-    flow: np.ndarray | torch.Tensor | None  # float16 [T-1, H, W, 2]; None: flow not read
+    flow: np.ndarray | torch.Tensor | None  # float16 [T-1, H, W, 2] px (flow_quantize jpeg: uint8 levels) or None
 
 
 @dataclass
@@ -95,14 +98,16 @@ def _read_array(dset: h5py.Dataset, dtype: type, pool: cf.Executor | None, pin: 
 
 
 def read_video(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False,
-               streams: Sequence[str] = STREAMS) -> VideoInput:
+               streams: Sequence[str] = STREAMS, flow_quantize: str = "none", flow_bound: float = 15.0) -> VideoInput:
     """Read the frames (uint8) and flow (float16) of a probed video, whole, exactly as stored.
 
     Chunks are read and decompressed in ``pool``'s threads when given (see
     :func:`pipeline.io.h5chunks.read_dataset`); with ``pin`` (CUDA only) the arrays are
     decoded straight into page-locked tensors, ready for an asynchronous copy to the GPU.
-    No conversion happens on the host: frames go to the device as uint8, flow as float16.
-    Only the arrays of ``streams`` are read (the other is None).
+    No conversion happens on the host: frames go to the device as uint8, flow as float16;
+    except with ``flow_quantize`` ``jpeg``: the flow becomes the published tooling's uint8
+    levels at ±``flow_bound`` after a JPEG round trip (:func:`~pipeline.extract.flow_jpeg.quantize_flow`,
+    on the host). Only the arrays of ``streams`` are read (the other is None).
     """
     frames = flow = None
     if "rgb" in streams:
@@ -112,16 +117,22 @@ def read_video(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = F
             raise InputError(f"{probe.faces}: video '{probe.video}' changed while being read; rerun the stage.")
     if "flow" in streams:
         with h5py.File(probe.flow, "r") as f:
-            flow = _read_array(f["flow"], np.float16, pool, pin)
+            flow = _read_array(f["flow"], np.float16, pool, pin and flow_quantize == "none")
+        if flow_quantize == "jpeg":
+            flow = quantize_flow(flow, flow_bound)
+            flow = torch.from_numpy(flow).pin_memory() if pin else flow
+        elif flow_quantize != "none":
+            raise ValueError(f"flow_quantize must be jpeg or none, got {flow_quantize!r}.")
         if flow.shape[0] != probe.n_frames - 1:
             raise InputError(f"{probe.flow}: video '{probe.video}' changed while being read; rerun the stage.")
     return VideoInput(probe, frames, flow)
 
 
 def _read_or_fail(probe: VideoProbe, pool: cf.Executor | None = None, pin: bool = False,
-                  streams: Sequence[str] = STREAMS) -> VideoInput | Failed:
+                  streams: Sequence[str] = STREAMS, flow_quantize: str = "none",
+                  flow_bound: float = 15.0) -> VideoInput | Failed:
     try:
-        return read_video(probe, pool, pin, streams)
+        return read_video(probe, pool, pin, streams, flow_quantize, flow_bound)
     except M2esError as exc:
         return Failed(probe.video, str(exc))
     except (OSError, KeyError, ValueError) as exc:
@@ -143,16 +154,18 @@ class PrefetchReader:
     instead, order kept (slower: every array is pickled back). Read errors come out as
     :class:`Failed` items. With ``pin`` the arrays land in page-locked tensors in the
     thread, so the host-to-device copy is asynchronous and pinning costs the device loop
-    nothing. Only the arrays of ``streams`` are read. Use as a context manager.
+    nothing. Only the arrays of ``streams`` are read; the flow with ``flow_quantize`` (see
+    :func:`read_video`). Use as a context manager.
     """
 
     _END = object()
 
     def __init__(self, probes: Sequence[VideoProbe], prefetch: int = 2, workers: int = 0, pin: bool = False,
                  pool: cf.ProcessPoolExecutor | None = None, threads: int = 0,
-                 streams: Sequence[str] = STREAMS) -> None:
+                 streams: Sequence[str] = STREAMS, flow_quantize: str = "none", flow_bound: float = 15.0) -> None:
         self.probes = list(probes)
         self.streams = tuple(streams)
+        self.flow_args = (flow_quantize, flow_bound)
         self.prefetch = max(1, prefetch)
         self.workers = workers
         self.threads = decode_threads(threads)
@@ -196,14 +209,14 @@ class PrefetchReader:
                     futures: deque[cf.Future] = deque()
                     it = iter(self.probes)
                     for probe in it:
-                        futures.append(pool.submit(_read_or_fail, probe, None, False, self.streams))
+                        futures.append(pool.submit(_read_or_fail, probe, None, False, self.streams, *self.flow_args))
                         if len(futures) >= self.workers + self.prefetch:
                             break
                     while futures:
                         item = futures.popleft().result()
                         nxt = next(it, None)
                         if nxt is not None:
-                            futures.append(pool.submit(_read_or_fail, nxt, None, False, self.streams))
+                            futures.append(pool.submit(_read_or_fail, nxt, None, False, self.streams, *self.flow_args))
                         if not self._put(item):
                             for fut in futures:
                                 fut.cancel()
@@ -211,7 +224,7 @@ class PrefetchReader:
             else:
                 with cf.ThreadPoolExecutor(self.threads, thread_name_prefix="features-chunks") as chunks:
                     for probe in self.probes:
-                        if not self._put(_read_or_fail(probe, chunks, self.pin, self.streams)):
+                        if not self._put(_read_or_fail(probe, chunks, self.pin, self.streams, *self.flow_args)):
                             return
         except BaseException as exc:  # noqa: BLE001 - surfaced to the consumer, not lost in the thread
             self._put(exc)

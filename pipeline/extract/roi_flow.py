@@ -57,6 +57,7 @@ import torch
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.extract.extractor import VideoFeatures
+from pipeline.extract.flow_jpeg import dequantize
 from pipeline.extract.params import NO_WEIGHTS, ROI_FLOW, ROI_VERSION, STREAMS, FeaturesParams, RoiParams
 from pipeline.extract.prepare import clip_count
 from pipeline.extract.reader import Failed, VideoInput
@@ -434,6 +435,7 @@ class RoiFlowExtractor:
         attrs: dict[str, object] = {
             "backbone": ROI_FLOW, "dim": self.dim, "dim_concat": self.dim * len(STREAMS), "streams": list(STREAMS),
             "clip": self.cfg.clip, "stride": self.cfg.stride, "device": str(self.device),
+            "flow_quantize": self.cfg.flow_quantize, "flow_bound": self.cfg.flow_bound,
             "roi": self.roi.as_params(), "roi_version": ROI_VERSION,
             "roi_regions": list(ROWS), "roi_stats": list(STATS),
             "roi_layout": {"rgb": "accumulated against the sliding reference", "flow": "the clip's own fields"},
@@ -448,6 +450,8 @@ class RoiFlowExtractor:
         if item.flow is None:
             raise ValueError(f"{item.probe.video}: no flow array was read; roi_flow reads the flow stream.")
         flow = item.flow.numpy() if isinstance(item.flow, torch.Tensor) else np.asarray(item.flow)
+        if flow.dtype == np.uint8:  # flow_quantize jpeg: the published levels, back to pixels
+            flow = dequantize(flow, self.cfg.flow_bound)
         landmarks = read_landmarks(item.probe.faces, item.probe.video, flow.shape[1], flow.shape[2])
         try:
             return roi_features(flow, landmarks, self.roi, self.cfg.clip, self.cfg.stride)

@@ -74,7 +74,8 @@ def setup_dataset(workspace, videos: dict[str, int], **features) -> None:
     (workspace.root / "data" / DS / "resample").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(workspace.root / "data" / DS / "resample" / "videos.csv", index=False)
     workspace.set_params("features", **{"allow_random_init": True, "input_size": SIZE, "batch_size": 4,
-                                        "device": "cpu", **features})
+                                        "device": "cpu", "flow_quantize": "none", **features})  # float flow: the
+    # tests compare with the stored arrays (params.yaml's jpeg: tests/extract/test_flow_jpeg.py)
 
 
 def cfg(**kw) -> FeaturesParams:
