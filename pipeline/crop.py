@@ -7,7 +7,10 @@ and writes ``data/<ds>/faces/<video>.h5`` (one per video, by :func:`pipeline.cro
   (``chunk_frames``), compressed by ``compression``: ``blosc-lz4`` by default, the Blosc
   HDF5 filter (32001) with bit-shuffle and LZ4 (see :mod:`pipeline.io.h5chunks`);
 * ``boxes`` int32 [T, 4] the crop box of each frame [x0, y0, x1, y1) in pixels of the
-  reference frame's full size; ``source_frames`` int64 [T] the dataset's frame numbers;
+  reference frame's full size (a merged video, ``resample.merge``: of its part's
+  reference frame; each part of a merged video has its own reference frame and box, as
+  its parts may show the face elsewhere or be other subjects; attrs ``part_starts``,
+  ``part_boxes``, ``part_reference_frames`` record them, the other attrs are the first part's); ``source_frames`` int64 [T] the dataset's frame numbers;
 * attrs: video, subject, fps, source (as videos.csv holds it: no path of this machine), size,
   channels, detector, mode, box, landmarks (the reference frame's 68 points), reference_frame,
   reference_source_frame, frame_shape,
@@ -34,10 +37,24 @@ from pipeline.core.stage import StageContext, stage_main
 from pipeline.cropping.params import NOT_IN_DIGEST, VERSION, CropParams
 from pipeline.cropping.video import crop_video
 from pipeline.io.h5io import remove_partials, remove_stale
-from pipeline.io.tables import read_frames, read_videos
+from pipeline.io.tables import SOURCE_VIDEO, read_frames, read_videos
 
 
 log = logging.getLogger(__name__)
+
+
+def source_parts(frames: pd.DataFrame | None) -> list[list[int]]:
+    """[start, end) position ranges of a video's consecutive ``source_video`` runs (one range when it is not merged).
+
+    ``frames``: the video's rows of a resample frames.csv, sorted by frame.
+    """
+    if frames is None or frames.empty:
+        return [[0, 0]]
+    if SOURCE_VIDEO not in frames.columns:
+        return [[0, len(frames)]]
+    names = frames[SOURCE_VIDEO].astype(str).to_numpy()
+    starts = [0] + [i for i in range(1, len(names)) if names[i] != names[i - 1]]
+    return [[a, b] for a, b in zip(starts, starts[1:] + [len(names)])]
 
 
 def build_tasks(videos: pd.DataFrame, frames: pd.DataFrame, out_dir: Path,
@@ -60,7 +77,11 @@ def build_tasks(videos: pd.DataFrame, frames: pd.DataFrame, out_dir: Path,
                                      for r in g.to_dict("records")]
         identity = {k: str(row[k]) for k in ("subject", "fps", "source", "kind", "color")}
         stage = {k: v for k, v in values.items() if k not in NOT_IN_DIGEST}
-        d = digest({"stage": stage, "inputs": {"video": identity, "frames": rows}, "version": VERSION})
+        inputs: dict[str, Any] = {"video": identity, "frames": rows}
+        parts = source_parts(g)
+        if len(parts) > 1:   # a merged video (resample.merge): one face box per part; unmerged digests unchanged
+            inputs["parts"] = parts
+        d = digest({"stage": stage, "inputs": inputs, "version": VERSION})
 
         def resolve(path: str) -> str:
             return path if not path or Path(path).is_absolute() else str(root / path)
@@ -72,6 +93,8 @@ def build_tasks(videos: pd.DataFrame, frames: pd.DataFrame, out_dir: Path,
             "positions": [r[0] for r in rows], "source_frames": [r[1] for r in rows],
             "paths": [resolve(r[2]) for r in rows],
         }
+        if len(parts) > 1:
+            payload["parts"] = parts
         tasks.append(VideoTask(video, Path(out_dir) / f"{video}.h5", d, payload))
     return tasks
 

@@ -5,8 +5,14 @@
 arithmetic). For SAMM-LV 200 -> 30 fps this is exactly the published rule: groups of
 20 frames split into sub-segments of 6, 7, 7, keeping the first frame of each
 (positions 0, 6, 13, 20, 26, 33, ...). Equal rates keep every frame; a target above
-the source rate is refused (frames are never duplicated). Short videos are kept as
-they are, never merged.
+the source rate is refused (frames are never duplicated).
+
+``resample.merge`` (off by default; on in the samm_lv preset, the published SAMM-LV
+protocol): before the kept frames are chosen, a subject's short videos are concatenated
+into ``<subject>_99`` and the small subjects into ``099_99`` (:mod:`pipeline.merge`:
+rule, order, naming); the kept frames are then chosen over each merged sequence, and
+frames.csv, annotations.csv and distractors.csv gain ``source_video``. Off, the tables
+are exactly what they were before the option existed.
 
 Annotations are remapped onto the kept frames (:func:`remap_intervals`) by one of two
 rules, ``resample.interval_map``:
@@ -52,8 +58,9 @@ from tqdm.auto import tqdm
 from pipeline.core.section import Section, knob
 from pipeline.core.stage import StageContext, stage_main
 from pipeline.errors import ConfigError, InputError
-from pipeline.io.tables import (ANNOTATION_COLUMNS, DISTRACTORS_FILE, FRAME_COLUMNS, read_annotations,
+from pipeline.io.tables import (ANNOTATION_COLUMNS, DISTRACTORS_FILE, FRAME_COLUMNS, SOURCE_VIDEO, read_annotations,
                                 read_distractors, read_frames, read_videos, write_table)
+from pipeline.merge import MergeParams, merge_tables
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,7 @@ DURATION_RULES = ("published", "inclusive")    # resample.duration_rule
 
 @dataclass(frozen=True)
 class ResampleParams(Section):
-    """The ``resample`` section of params.yaml (see the comments there)."""
+    """The ``resample`` section of params.yaml (knobs explained in configs/params.reference.yaml)."""
 
     SECTION = "resample"
 
@@ -71,6 +78,15 @@ class ResampleParams(Section):
     max_duration_s: float | None = knob(None, min=0.0)  # drop longer intervals; None: keep every interval
     interval_map: str = knob("published", choices=INTERVAL_MAPS)     # annotation frames -> kept frames
     duration_rule: str = knob("published", choices=DURATION_RULES)   # interval length for max_duration_s
+    merge: dict[str, Any] | None = knob({})   # short videos / small subjects merged (MergeParams)
+
+    def check(self, where: str) -> None:
+        """The nested ``merge`` mapping: unknown keys and bad values refused."""
+        MergeParams.from_params(self.merge, where=f"{where}.merge")
+
+    def merge_params(self) -> MergeParams:
+        """The ``merge`` mapping as :class:`pipeline.merge.MergeParams` (defaults filled in)."""
+        return MergeParams.from_params(self.merge)
 
 
 def _fraction(value: float | int | str) -> Fraction:
@@ -161,9 +177,12 @@ def resample_tables(videos: pd.DataFrame, annotations: pd.DataFrame, frames: pd.
         rows = rows.sort_values("frame")
         kept = kept_positions(len(rows), src, target_fps)
         picked = rows.iloc[kept]
-        out_frames.append(pd.DataFrame({"video": video, "frame": np.arange(len(kept), dtype=np.int64),
-                                        "source_frame": picked["source_frame"].to_numpy(),
-                                        "path": picked["path"].to_numpy()}))
+        kept_rows = pd.DataFrame({"video": video, "frame": np.arange(len(kept), dtype=np.int64),
+                                  "source_frame": picked["source_frame"].to_numpy(),
+                                  "path": picked["path"].to_numpy()})
+        if SOURCE_VIDEO in picked.columns:   # resample.merge: the part each kept frame comes from
+            kept_rows[SOURCE_VIDEO] = picked[SOURCE_VIDEO].to_numpy()
+        out_frames.append(kept_rows)
         out_videos.append({**v, "fps": float(target_fps), "n_frames": int(len(kept)), "source_fps": src})
         ann = ann_groups.get(video)
         if ann is None or ann.empty:
@@ -227,10 +246,11 @@ def run(ctx: StageContext) -> None:
     videos = read_videos(src / "videos.csv")
     annotations = read_annotations(src / "annotations.csv")
     frames = read_frames(src / "frames.csv")
+    events = read_distractors(src / DISTRACTORS_FILE)
+    videos, annotations, frames, events = merge_tables(videos, annotations, frames, p.merge_params(), events)
     vids, anns, frms = resample_tables(videos, annotations, frames, float(target), p.max_duration_s,
                                        p.interval_map, p.duration_rule)
     out = ctx.paths.resample
-    events = read_distractors(src / DISTRACTORS_FILE)
     if events is None:
         (out / DISTRACTORS_FILE).unlink(missing_ok=True)   # a table of an earlier ingest there is stale
     else:

@@ -37,7 +37,7 @@ from pipeline.core.runner import VideoTask
 from pipeline.cropping.finder import FaceFinder, face_box, outside_fraction, plan_track_boxes, round_box
 from pipeline.cropping.geometry import crop_frame, frame_box
 from pipeline.cropping.params import CropParams
-from pipeline.cropping.reference import find_reference, track_candidates
+from pipeline.cropping.reference import Reference, find_reference, track_candidates
 from pipeline.cropping.writer import CropChunk, FrameWriter
 from pipeline.errors import InputError
 from pipeline.io.decode import BadFrameError, choose_reduction, open_source, region_decoder_agrees
@@ -80,16 +80,28 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
         warnings.append(f"only {n} frames (< crop.min_frames {p.min_frames}): too short for one feature clip")
 
     finder = make_finder(p)
-    ref = find_reference(source, finder, p, warnings)
-    ref_box = round_box(face_box(ref.landmarks, p.margin_top, p.margin_bottom, p.margin_side))
+    parts = [(int(a), int(b)) for a, b in pl.get("parts") or [(0, n)]]   # merged video: one box per part
+    refs: list[tuple[Reference, np.ndarray]] = []
+    part_boxes: list[np.ndarray] = []
     keyframes: list[int] = []
-    if p.mode == "fixed":
-        boxes = np.repeat(ref_box[None].astype(np.float64), n, axis=0)
-    else:
-        keys, cands = track_candidates(source, finder, p, ref, ref_box)
-        boxes, keyframes = plan_track_boxes(n, keys, cands, ref_box, p.track_threshold)
-    int_boxes = np.array([round_box(b) for b in boxes], dtype=np.int64)
-    outside = max(outside_fraction(b, ref.shape) for b in np.unique(int_boxes, axis=0))
+    for a, b in parts:
+        part = source if (a, b) == (0, n) else open_source(video, pl["kind"], pl["source"], color,
+                                                           source_frames[a:b], list(pl["paths"])[a:b], p.threads)
+        ref = find_reference(part, finder, p, warnings)
+        ref_box = round_box(face_box(ref.landmarks, p.margin_top, p.margin_bottom, p.margin_side))
+        if p.mode == "fixed":
+            part_boxes.append(np.repeat(ref_box[None].astype(np.float64), b - a, axis=0))
+        else:
+            keys, cands = track_candidates(part, finder, p, ref, ref_box)
+            boxes, keys_used = plan_track_boxes(b - a, keys, cands, ref_box, p.track_threshold)
+            part_boxes.append(np.asarray(boxes, dtype=np.float64))
+            keyframes += [a + k for k in keys_used]
+        refs.append((ref, ref_box))
+    ref, ref_box = refs[0]
+    shapes = np.concatenate([np.tile(r.shape, (b - a, 1)) for (r, _), (a, b) in zip(refs, parts)])
+    int_boxes = np.array([round_box(b) for b in np.concatenate(part_boxes)], dtype=np.int64)
+    outside = max(outside_fraction(int_boxes[i], tuple(shapes[i]))
+                  for i in np.unique(np.c_[int_boxes, shapes], axis=0, return_index=True)[1])
     if outside > 0:
         warnings.append(f"{outside:.0%} of the face box lies outside the frame; padded ({p.pad})")
     min_side = float((int_boxes[:, 2] - int_boxes[:, 0]).min())
@@ -99,7 +111,7 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
 
     def region(pos: int, shape: tuple[int, ...]) -> np.ndarray:
         """The box to decode of frame ``pos``, decoded at ``shape``."""
-        return frame_box(int_boxes[pos], ref.shape, shape, reduce)[0]
+        return frame_box(int_boxes[pos], tuple(shapes[pos]), shape, reduce)[0]
 
     def work(group: list[int], items: list[Any]) -> CropChunk:
         crops = np.empty((len(group), p.size, p.size, channels), dtype=np.uint8)
@@ -109,7 +121,7 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
                 bad.append((i, item))
                 continue
             patch = item if isinstance(item, Patch) else Patch.whole(item)
-            box, m = frame_box(int_boxes[pos], ref.shape, patch.frame_shape, reduce)
+            box, m = frame_box(int_boxes[pos], tuple(shapes[pos]), patch.frame_shape, reduce)
             crop_frame(patch.pixels, patch.box_in_patch(box), p.size, p.pad, p.interpolation, out=crops[i])
             mixed += int(m)
         return CropChunk(crops, bad, mixed, None if bad else writer.encode(crops))
@@ -169,6 +181,11 @@ def crop_video(task: VideoTask) -> dict[str, Any]:
             "mixed_size_frames": mixed_count, "short": n < p.min_frames,
         })
         f.attrs["landmarks"] = ref.landmarks.astype(np.float32)
+        if len(parts) > 1:   # a merged video: each part's reference frame and box (the attrs above: the first part's)
+            f.attrs["part_starts"] = np.asarray([a for a, _ in parts], dtype=np.int64)
+            f.attrs["part_boxes"] = np.asarray([[int(v) for v in bx] for _, bx in refs], dtype=np.int64)
+            f.attrs["part_reference_frames"] = np.asarray([a + r.position for (r, _), (a, _) in zip(refs, parts)],
+                                                          dtype=np.int64)
         f.attrs["repeated_frames"] = np.asarray(repeated, dtype=np.int64)
         f.attrs["track_keyframes"] = np.asarray(keyframes, dtype=np.int64)
     for w in warnings:

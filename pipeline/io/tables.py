@@ -8,6 +8,10 @@
 * ``frames.csv``: video, frame (0-based position), source_frame (the dataset's frame
   number), path (image file; empty for video files, where source_frame is the
   0-based decode index). Resample keeps only the rows of kept frames, renumbered.
+  With ``resample.merge`` enabled (:mod:`pipeline.merge`) resample's frames.csv and
+  annotations.csv (and distractors.csv) add ``source_video``: the ingest video a row
+  comes from, so that a merged video (``006_99``) names frames of several source
+  folders (``path`` is per frame) and exports map back to the source video.
 * ``distractors.csv`` (only where the dataset brings one: the synthetic presets): video,
   subject, kind (``blink``, ``turn``, ``jerk``, ``lighting``), start, end, source_start,
   source_end, then the generator's own columns. start/end are 0-based positions in the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import InputError
@@ -30,6 +35,8 @@ ANNOTATION_COLUMNS = ["video", "subject", "onset", "apex", "offset", "type",
                       "source_onset", "source_apex", "source_offset"]
 FRAME_COLUMNS = ["video", "frame", "source_frame", "path"]
 DISTRACTOR_COLUMNS = ["video", "subject", "kind", "start", "end", "source_start", "source_end"]
+#: Resample's column naming the ingest video of each row of a merged video (resample.merge; absent when off).
+SOURCE_VIDEO = "source_video"
 #: The distractor table's file name, in a synthetic dataset's root and in the ingest/resample folders.
 DISTRACTORS_FILE = "distractors.csv"
 TYPES = ("macro", "micro")
@@ -106,17 +113,60 @@ def to_source_frames(frames: pd.DataFrame, video: str, positions, end: bool = Fa
     maps to the last source frame before the next kept one (right for offsets: at
     200 -> 30 fps a kept frame stands for a sub-segment of 6 or 7 source frames). The
     last kept frame stands for the median source step. Positions past the last frame
-    are clipped to it.
+    are clipped to it. In a merged video (``source_video`` column) the numbers are those
+    of the part each position lies in, and the last kept frame of each part is a last
+    frame as above (:func:`to_source_intervals` says which part).
     """
-    import numpy as np
-
-    rows = frames[frames["video"] == video].sort_values("frame")
-    if rows.empty:
-        raise InputError(f"frames table: no frames for video '{video}'. Rerun ingest and resample.")
+    rows = _video_rows(frames, video)
     numbers = rows["source_frame"].to_numpy(dtype=np.int64)
     idx = np.clip(np.asarray(positions, dtype=np.int64), 0, len(numbers) - 1)
     if not end:
         return [int(n) for n in numbers[idx]]
-    step = int(np.median(np.diff(numbers))) if len(numbers) > 1 else 1
-    ends = np.append(numbers[1:] - 1, numbers[-1] + step - 1)
+    parts = _parts(rows)
+    same = parts[1:] == parts[:-1]                      # the next kept frame lies in the same part
+    diffs = np.diff(numbers)[same]
+    step = int(np.median(diffs)) if len(diffs) else 1
+    ends = np.append(np.where(same, numbers[1:] - 1, numbers[:-1] + step - 1), numbers[-1] + step - 1)
     return [int(n) for n in ends[idx]]
+
+
+def _video_rows(frames: pd.DataFrame, video: str) -> pd.DataFrame:
+    rows = frames[frames["video"] == video].sort_values("frame")
+    if rows.empty:
+        raise InputError(f"frames table: no frames for video '{video}'. Rerun ingest and resample.")
+    return rows
+
+
+def _parts(rows: pd.DataFrame) -> np.ndarray:
+    """The source video of each row: its ``source_video``, or the video itself (no merge)."""
+    col = SOURCE_VIDEO if SOURCE_VIDEO in rows.columns else "video"
+    return rows[col].astype(str).to_numpy(dtype=object) if len(rows) else np.array([], dtype=object)
+
+
+def to_source_intervals(frames: pd.DataFrame, video: str, onset, offset
+                        ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The source video of each interval [onset, offset] (positions of ``video``) and the interval clipped to it.
+
+    For a video that is not merged: ``video`` and the positions unchanged. For a merged one (``resample.merge``) an interval lies in the part holding the
+    most of its kept frames (ties: the earlier part) and is clipped to that part's
+    positions: each prediction stays one interval (none is split at a boundary), so an
+    export has as many rows as the evaluated predictions. Positions stay those of
+    ``video``; :func:`to_source_frames` then gives the part's own numbers.
+    """
+    rows = _video_rows(frames, video)
+    parts = _parts(rows)
+    n = len(parts)
+    if (parts == parts[0]).all():
+        return [str(parts[0])] * len(np.atleast_1d(onset)), np.asarray(onset), np.asarray(offset)
+    on = np.clip(np.asarray(onset, dtype=np.int64), 0, n - 1)
+    off = np.clip(np.asarray(offset, dtype=np.int64), on, n - 1)
+    starts = np.flatnonzero(np.r_[True, parts[1:] != parts[:-1]])
+    ends = np.r_[starts[1:] - 1, n - 1]
+    names: list[str] = []
+    new_on, new_off = on.copy(), off.copy()
+    for i, (a, b) in enumerate(zip(on, off)):
+        overlap = np.minimum(ends, b) - np.maximum(starts, a) + 1
+        k = int(np.argmax(overlap))                    # the first maximum: the earlier part on a tie
+        names.append(str(parts[starts[k]]))
+        new_on[i], new_off[i] = max(a, starts[k]), min(b, ends[k])
+    return names, new_on, new_off

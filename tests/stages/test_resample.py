@@ -287,8 +287,8 @@ def test_distractors_reach_resample_with_the_annotations_mapping(workspace):
 
 # The published tooling merged a subject's short videos into <subject>_99 (and small subjects into 099_99) before
 # mapping frames, in an order that follows Python set iteration. The order below is the one permutation per merged
-# video that reproduces the published table's frame numbers (found by trying every order): test data, not m2es
-# behaviour (m2es never merges videos).
+# video that reproduces the published table's frame numbers (found by trying every order): test data. m2es's own
+# merge (resample.merge, tests/stages/test_resample_merge.py) orders the one equal-length pair (009_2, 009_4) by name.
 PUBLISHED_MERGES = {
     "006_99": ("006_7", "006_2"), "007_99": ("007_3", "007_4", "007_6"), "008_99": ("008_1", "008_6", "008_5"),
     "009_99": ("009_6", "009_7", "009_4", "009_2"), "010_99": ("010_6", "010_7", "010_1"),
