@@ -2,7 +2,8 @@
 
 :func:`run_torch` is a batched consumer of :func:`pipeline.core.runner.run_batched` (which
 skips complete videos, collects failures and applies ``fail_fast``): it reads the videos
-one ahead, queues their pairs, solves them in batches of ``flow.batch_pairs`` with
+one ahead, queues their pairs, solves them in batches of ``flow.batch_pairs`` (``auto``: sized to the
+device's free memory within ``flow.gpu_memory_gb``, :func:`batch_pairs_for`) with
 :class:`pipeline.tvl1.solver.TorchTVL1`, and writes each video's file through a
 :class:`~pipeline.tvl1.writer.FlowWriter`, committed as soon as its last pair is in.
 """
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: the stage whose videos these are (progress bar, log lines, StageFailed)
 STAGE = FlowParams.SECTION
+#: ``flow.batch_pairs: auto`` on the CPU (no device memory to size from; the flow does not depend on it)
+CPU_BATCH_PAIRS = 64
 
 
 def run_torch(tasks: list[VideoTask] | TaskFeed, tvl1: TVL1Params, cfg: FlowParams, attrs: Mapping[str, Any],
@@ -57,13 +60,15 @@ def _solve(tasks: list[VideoTask] | TaskFeed, outcomes: Outcomes, tvl1: TVL1Para
     import torch
 
     from pipeline.core.device import resolve_device
+    from pipeline.core.memory import budget_bytes, limit_process
     from pipeline.tvl1.solver import TorchTVL1
 
     device = resolve_device(cfg.device)
     kernels = resolve_kernels(cfg.kernels, tvl1, device)
+    limit_process(device, budget_bytes(cfg.gpu_memory_gb))
     solver = TorchTVL1(tvl1, device, compile=bool(cfg.compile) and device.type == "cuda",
                        cuda_graphs=bool(cfg.cuda_graphs), check_every=int(cfg.check_every),
-                       remap_subpixel=int(attrs.get("remap_subpixel", 0)), max_batch=int(cfg.batch_pairs),
+                       remap_subpixel=int(attrs.get("remap_subpixel", 0)), max_batch=1,
                        oom_above=int(cfg.debug_oom_above_batch), kernels=kernels,
                        triton_block=int(cfg.triton_block), triton_warps=int(cfg.triton_warps))
     log.info("TV-L1 on %s with %s kernels", device, kernels)
@@ -144,7 +149,8 @@ def _solve(tasks: list[VideoTask] | TaskFeed, outcomes: Outcomes, tvl1: TVL1Para
 
         solver.flow_batched(i0, i1, on_batch=on_batch)
 
-    batch = int(cfg.batch_pairs)
+    batch = 0       # pairs per flush for the current frame size (batch_pairs_for), set by its first video
+    shrink = 1.0    # solver.max_batch / batch after out-of-memory halvings, kept for the next frame size
     with decode_pool, write_pool, ThreadPoolExecutor(max_workers=1) as pool, \
             tqdm(total=total, desc=STAGE, unit="pair") as bar:
 
@@ -163,9 +169,13 @@ def _solve(tasks: list[VideoTask] | TaskFeed, outcomes: Outcomes, tvl1: TVL1Para
                 gray = None
             gray_future = None                      # free the frames of finished reads
             if gray is not None:
-                if current_hw is not None and gray.shape[1:] != current_hw:
-                    flush(queued, bar)              # a batch holds one frame size
-                current_hw = gray.shape[1:]
+                if gray.shape[1:] != current_hw:
+                    if current_hw is not None:
+                        flush(queued, bar)          # a batch holds one frame size
+                        shrink = min(shrink, solver.max_batch / batch)
+                    current_hw = gray.shape[1:]
+                    batch = batch_pairs_for(cfg, solver, current_hw)
+                    solver.max_batch = max(1, int(batch * shrink))
                 writer = FlowWriter(task, len(gray) - 1, gray.shape[1:], attrs, section, cfg.compression)
                 queue.append((writer, 0, gray[:-1], gray[1:]))
                 queued += len(gray) - 1
@@ -183,6 +193,18 @@ def _solve(tasks: list[VideoTask] | TaskFeed, outcomes: Outcomes, tvl1: TVL1Para
             fut.result()
     for w, *_ in queue:  # only left when fail_fast stopped early
         w.abort(RuntimeError("stopped (fail_fast)"))
+
+
+def batch_pairs_for(cfg: FlowParams, solver: Any, hw: tuple[int, ...], memory: Any = None) -> int:
+    """Pairs per batch for frames of size ``hw``: ``flow.batch_pairs``, or with ``auto`` as many as fit the
+    device's free memory within ``flow.gpu_memory_gb`` (:func:`pipeline.core.memory.resolve_batch`, at
+    ``solver``'s bytes per pair; ``memory``: the device's, default measured), :data:`CPU_BATCH_PAIRS` on the CPU."""
+    from pipeline.core.memory import resolve_batch
+
+    h, w = int(hw[0]), int(hw[1])
+    return resolve_batch(cfg.batch_pairs, solver.device, solver.pair_bytes(h, w), budget_gb=cfg.gpu_memory_gb,
+                         cpu_batch=CPU_BATCH_PAIRS, param="params.yaml: flow.batch_pairs", item=f"{h}x{w} pair",
+                         memory=memory)
 
 
 def _to_host_float16(flow: Any) -> tuple[Any, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.memory import AUTO, budget_bytes
 from pipeline.core.section import Section, knob
 from pipeline.errors import ConfigError
 
@@ -109,7 +110,8 @@ class FlowParams(Section):
     impl: str = knob("auto", choices=IMPLS)
     channel_order: str = knob("rgb", choices=("rgb", "bgr"))
     device: str = knob("auto")
-    batch_pairs: int = knob(4096, min=1)
+    batch_pairs: int | str = knob("auto", min=1)   # a number, or auto: sized to gpu_memory_gb (pipeline.core.memory)
+    gpu_memory_gb: float | None = knob(20.0, min=0)
     kernels: str = knob("auto", choices=KERNELS)
     triton_block: int = knob(256)
     triton_warps: int = knob(4)
@@ -121,7 +123,15 @@ class FlowParams(Section):
     debug_oom_above_batch: int = knob(0)
 
     def check(self, where: str) -> None:
-        """The Triton launch shape: a power-of-two block of at least 32 pixels and 1-16 warps."""
+        """``batch_pairs`` a number or auto; the Triton launch shape: a power-of-two block of at least 32 pixels
+        and 1-16 warps."""
+        bp = self.batch_pairs
+        if bp != AUTO and (isinstance(bp, bool) or not isinstance(bp, int)):
+            raise ConfigError(f"{where}.batch_pairs must be a number of pairs (>= 1) or auto, got {bp!r}.")
+        try:
+            budget_bytes(self.gpu_memory_gb)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
         tb = int(self.triton_block)
         if tb < 32 or tb & (tb - 1) or int(self.triton_warps) not in TRITON_WARPS:
             raise ConfigError(f"{where}.triton_block must be a power of two >= 32 and {where}.triton_warps "

@@ -41,6 +41,10 @@ from pipeline.tvl1.params import TVL1Params
 log = logging.getLogger(__name__)
 
 MIN_PYRAMID_SIDE = 16  # OpenCV stops the pyramid before a level narrower than this
+#: peak device bytes per pixel of one pair, by kernels: Triton 19 float32 planes (both pyramids, gradients,
+#: flow, duals, the kernel's scratch: 3.6 MiB per 224-px pair, measured by benchmarks/bench_flow.py on an
+#: H200), the eager torch kernels 16.8 MiB per 224-px pair (same benchmark)
+PAIR_BYTES_PER_PIXEL = {"triton": 76, "torch": 351}
 
 
 @dataclass
@@ -180,6 +184,10 @@ class TorchTVL1:
         if on_batch is not None:
             return None
         return torch.cat(outs) if outs else torch.empty((0, *np.shape(i0)[1:], 2), device=self.device)
+
+    def pair_bytes(self, h: int, w: int) -> int:
+        """Peak device bytes one ``h`` x ``w`` pair takes in a batch (:data:`PAIR_BYTES_PER_PIXEL`)."""
+        return PAIR_BYTES_PER_PIXEL[self.kernels] * int(h) * int(w)
 
     def release(self) -> None:
         """Drop cached device buffers and CUDA graphs (after an OOM, or to free memory)."""

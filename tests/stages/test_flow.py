@@ -47,7 +47,7 @@ def _ctx(root: Path, **flow) -> StageContext:
     section = dict(impl="opencv", **SMALL, device="cpu", batch_pairs=4, compile=False, cuda_graphs=False,
                    check_every=5, remap_subpixel="auto", compression="lzf", channel_order="rgb")
     section.update(flow)
-    return StageContext(stage="flow", dataset={"name": "toy", "overrides": {}}, params={"flow": section},
+    return StageContext(stage="flow", dataset={"name": "toy"}, params={"flow": section},
                         paths=DataPaths("toy", root), parallel=ParallelParams(backend="sequential"))
 
 
@@ -214,10 +214,13 @@ def test_flow_section_declarations_keep_defaults_and_checks():
     with pytest.raises(ConfigError, match="unknown key"):           # the TV-L1 keys alone do not cover impl
         TVL1Params.from_params({"impl": "torch"})
     cfg = FlowParams.from_params({"tau": 0.3, "compression": None, "remap_subpixel": 32}, others=(TVL1Params,))
-    assert (cfg.impl, cfg.batch_pairs, cfg.compression, cfg.remap_subpixel) == ("auto", 4096, None, 32)
+    assert (cfg.impl, cfg.batch_pairs, cfg.gpu_memory_gb, cfg.compression, cfg.remap_subpixel) == \
+        ("auto", "auto", 20.0, None, 32)
     for bad, match in [({"channel_order": "rgba"}, "channel_order"), ({"kernels": "cuda"}, "kernels"),
                        ({"triton_block": 48}, "triton_block"), ({"triton_warps": 3}, "triton_warps"),
-                       ({"batch_pairs": 0}, "batch_pairs"), ({"check_every": 0}, "check_every"),
+                       ({"batch_pairs": 0}, "batch_pairs"), ({"batch_pairs": "max"}, "batch_pairs"),
+                       ({"batch_pairs": 2.5}, "batch_pairs"), ({"gpu_memory_gb": 0.5}, "gpu_memory_gb"),
+                       ({"check_every": 0}, "check_every"),
                        ({"remap_subpixel": 16}, "remap_subpixel"), ({"compression": "zstd"}, "compression")]:
         with pytest.raises(ConfigError, match=match):
             FlowParams.from_params(bad, others=(TVL1Params,))
