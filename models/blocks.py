@@ -15,7 +15,10 @@ Blocks (the published IAENet recipe, see ``docs/architecture.md``):
                MLP (LayerNorm, Linear, GELU, Linear, LayerNorm; bias-free Linear, dropout; no residual)
 * ``heads``    per-level Conv1d(k1)→512 + Mish; shared classification and regression branches
 * ``input_norm`` (not in the paper; only when a preset names it) per-channel standardisation of
-               the input features with statistics of the training videos, kept as buffers
+               the input features with statistics of the training videos, kept as buffers; its
+               ``per_video`` option (each video's own per-channel median subtracted, and with
+               ``robust`` its noise scale divided, first) is applied by the feature bank, which
+               sees whole videos (:mod:`pipeline.learning.windows`)
 
 All tensors are channel-first ``[B, C, T]``.
 """
@@ -84,10 +87,23 @@ class InputStandardize(nn.Module):
     magnitude. ``mean`` and ``std`` are buffers, set from the training videos before
     training (:meth:`fit`) and saved in the checkpoint, so inference standardises new videos
     with the training statistics. Until fitted it is the identity.
+
+    ``per_video``: ``none``; ``median``: every video's features have their own per-channel median
+    subtracted before anything else (a per-video offset, e.g. a subject's resting face against the
+    sliding reference, is not a motion); ``robust``: also divided by the video's own per-channel
+    noise scale (1.4826 x the median absolute deviation), so a motion counts by how far it stands
+    out of its own video's noise, whatever the face's size, texture or the camera. A model sees
+    windows, not videos, so the feature bank does it (``pipeline.learning.windows.FeatureBank``); the
+    block records the choice, which reaches inference through the preset saved in the checkpoint.
     """
 
-    def __init__(self, in_dim: int, eps: float = 1e-3) -> None:
+    PER_VIDEO = ("none", "median", "robust")
+
+    def __init__(self, in_dim: int, eps: float = 1e-3, per_video: str = "none") -> None:
         super().__init__()
+        if per_video not in self.PER_VIDEO:
+            raise ModelConfigError(f"input_norm.per_video '{per_video}' is not one of {', '.join(self.PER_VIDEO)}.")
+        self.per_video = per_video
         self.eps = float(eps)
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -97,11 +97,53 @@ class IAENet(nn.Module):
         return sum(self.points_per_level)
 
 
-def build_model(preset: Mapping[str, Any], in_dim: int) -> IAENet:
-    """Build IAENet for features of width ``in_dim`` (rgb + flow) from a model preset."""
+def mean_outputs(outputs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average several models' outputs (logits, distances): the class probabilities are averaged and
+    returned as logits (clamped to 1e-6..1 - 1e-6), the distances averaged. One output is returned as it is."""
+    if len(outputs) == 1:
+        return outputs[0]
+    prob = torch.stack([torch.sigmoid(lg.float()) for lg, _ in outputs]).mean(0).clamp(1e-6, 1 - 1e-6)
+    return torch.log(prob / (1 - prob)), torch.stack([d.float() for _, d in outputs]).mean(0)
+
+
+class IAENetEnsemble(nn.Module):
+    """``model.ensemble`` IAENets of one preset, trained independently (other seeds), predicting
+    together: :func:`mean_outputs` of the members (not in the paper; it evens out how much one
+    training run's scores depend on its seed, which moves LOSO F1 on small datasets)."""
+
+    def __init__(self, members: Sequence[IAENet]) -> None:
+        super().__init__()
+        if len({m.in_dim for m in members}) != 1:
+            raise ModelConfigError("IAENetEnsemble: members must share one input width.")
+        self.in_dim = members[0].in_dim
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` [B, T, D] → the members' averaged (logits [B, P, classes], distances [B, P, 2])."""
+        return mean_outputs([m(x) for m in self.members])
+
+    @property
+    def num_points(self) -> int:
+        """Points per window over all levels (as each member)."""
+        return self.members[0].num_points
+
+
+def ensemble_size(preset: Mapping[str, Any]) -> int:
+    """``model.ensemble`` of a preset: how many IAENets are trained and averaged (1: one, as published)."""
+    k = preset["model"].get("ensemble", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ModelConfigError(f"model preset {preset.get('name')}: model.ensemble must be an integer >= 1, "
+                               f"got {k!r}.")
+    return k
+
+
+def build_model(preset: Mapping[str, Any], in_dim: int) -> IAENet | IAENetEnsemble:
+    """Build IAENet for features of width ``in_dim`` (rgb + flow) from a model preset; with
+    ``model.ensemble`` K > 1, an :class:`IAENetEnsemble` of K of them."""
     if int(in_dim) <= 0:
         raise ModelConfigError(f"build_model: feature width must be positive, got {in_dim}.")
-    return IAENet(int(in_dim), preset)
+    k = ensemble_size(preset)
+    return IAENet(int(in_dim), preset) if k == 1 else IAENetEnsemble([IAENet(int(in_dim), preset) for _ in range(k)])
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -109,7 +151,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_checkpoint(path: str | Path, model: IAENet, preset: Mapping[str, Any], params: Mapping[str, Any],
+def save_checkpoint(path: str | Path, model: nn.Module, preset: Mapping[str, Any], params: Mapping[str, Any],
                     provenance: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
     """Write ``{version, state_dict, in_dim, preset, params, provenance, extra}`` atomically."""
     path = Path(path)
@@ -127,7 +169,7 @@ def save_checkpoint(path: str | Path, model: IAENet, preset: Mapping[str, Any], 
         raise
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[IAENet, dict[str, Any]]:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`: (model in eval mode, the checkpoint dict).
 
     Loaded with ``weights_only=True``; the state dict's keys and shapes are checked

@@ -24,7 +24,8 @@ from pipeline.io.artifacts import read_features
 from pipeline.io.h5io import COMPLETE_ATTR, DIGEST_ATTR
 from pipeline.io.tables import read_annotations, read_table
 from pipeline.learning.windows import (FeatureBank, PointGrid, WindowSet, WindowSpec, assign_labels,
-                                       make_test_windows, make_train_windows, point_mask)
+                                       per_video_norm, make_test_windows, make_train_windows,
+                                       point_mask)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def prepare(features: Mapping[str, np.ndarray], annotations: pd.DataFrame, subje
     """Build the feature bank, the training windows with labels and the test windows."""
     spec = WindowSpec.from_preset(preset)
     grid = PointGrid.from_preset(preset)
-    bank = FeatureBank(features, device=device)
+    bank = FeatureBank(features, device=device, per_video=per_video_norm(preset))
     train = make_train_windows(bank.lengths, annotations, spec)
     test = make_test_windows(bank.lengths, spec)
     if len(train):

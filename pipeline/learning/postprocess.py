@@ -39,7 +39,8 @@ import pandas as pd
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.learning.windows import CLASS_NAMES, FeatureBank, PointGrid, WindowSet, WindowSpec, make_test_windows
+from pipeline.learning.windows import (CLASS_NAMES, FeatureBank, PointGrid, WindowSet, WindowSpec, per_video_norm,
+                                       make_test_windows)
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def predict_video(model: torch.nn.Module, features: np.ndarray | torch.Tensor, p
         device = next(model.parameters()).device
     spec = WindowSpec.from_preset(preset)
     grid = PointGrid.from_preset(preset)
-    bank = FeatureBank({video: feats}, device=device)
+    bank = FeatureBank({video: feats}, device=device, per_video=per_video_norm(preset))
     windows = make_test_windows(bank.lengths, spec)
     logits, dists = run_windows(model, bank, windows, spec.steps, batch_size, precision)
     return predictions_from_outputs(logits, dists, windows, spec, grid, preset["inference"], epoch)

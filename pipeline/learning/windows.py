@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.blocks import InputStandardize
+
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -256,11 +258,36 @@ def point_mask(valid_steps: torch.Tensor, grid: PointGrid, feature_stride: int) 
     return grid.positions.to(valid_steps.device)[None, :] < (valid_steps[:, None] * feature_stride).float()
 
 
+def per_video_norm(preset: Mapping[str, Any]) -> str:
+    """How a model preset normalises each video's features before windows are cut
+    (``model.input_norm.per_video``: ``none``, ``median`` or ``robust``; :func:`normalise_video`)."""
+    norm = preset["model"].get("input_norm") or {}
+    how = str(norm.get("per_video", "none"))
+    if how not in InputStandardize.PER_VIDEO:
+        raise ConfigError(f"model preset {preset.get('name', '?')}: input_norm.per_video '{how}' is not one of "
+                          f"{', '.join(InputStandardize.PER_VIDEO)}.")
+    return how
+
+
+def normalise_video(arr: np.ndarray, how: str) -> np.ndarray:
+    """``arr`` [T, D] as it is (``none``), minus its per-channel median (``median``), or that divided by
+    its per-channel noise scale, 1.4826 x the median absolute deviation (``robust``; a channel with no
+    spread is only centred)."""
+    if how == "none" or not len(arr):
+        return arr
+    out = np.asarray(arr, np.float32) - np.median(arr, axis=0, keepdims=True).astype(np.float32)
+    if how == "robust":
+        scale = 1.4826 * np.median(np.abs(out), axis=0, keepdims=True)
+        out = out / np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
+    return out
+
+
 class FeatureBank:
-    """Every video's features in one tensor [M + 1, D]; the last row is zeros (padding)."""
+    """Every video's features in one tensor [M + 1, D]; the last row is zeros (padding).
+    ``per_video``: :func:`normalise_video` applied to each video first (a model preset's :func:`per_video_norm`)."""
 
     def __init__(self, features: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, per_video: str = "none") -> None:
         if not features:
             raise ConfigError("FeatureBank: no videos with features.")
         widths = {v: a.shape[1] for v, a in features.items()}
@@ -273,7 +300,7 @@ class FeatureBank:
         for video, arr in features.items():
             self.offsets[video] = at
             self.lengths[video] = int(arr.shape[0])
-            parts.append(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)))
+            parts.append(torch.from_numpy(np.ascontiguousarray(normalise_video(arr, per_video), dtype=np.float32)))
             at += arr.shape[0]
         d = next(iter(widths.values()))
         parts.append(torch.zeros(1, d))

@@ -13,7 +13,8 @@ import torch
 
 from models.blocks import make_block, registered_blocks
 from models.errors import ModelConfigError, ModelInputError
-from models.iaenet import build_model, count_parameters, level_geometry, load_checkpoint, save_checkpoint
+from models.iaenet import (IAENetEnsemble, build_model, count_parameters, level_geometry, load_checkpoint, mean_outputs,
+                           save_checkpoint)
 from models.losses import iaenet_loss, interval_iou, sigmoid_focal_loss
 from pipeline.learning.data import prepare
 from pipeline.learning.loop import train_model
@@ -276,3 +277,75 @@ def test_train_model_with_ema_predicts_and_returns_the_weight_average(one_thread
     again = predict_video(model, feats["v"], preset, video="v")
     pd.testing.assert_frame_equal(preds.drop(columns="epoch").reset_index(drop=True), again.reset_index(drop=True),
                                   check_like=True)
+
+
+def test_input_norm_per_video_normalises_each_video_in_training_and_in_spotting(one_thread) -> None:
+    """``input_norm.per_video``: the bank holds each video minus its own per-channel median (``median``),
+    also divided by its own noise scale (``robust``), in ``prepare`` (training) and in ``predict_video``
+    (spot) alike; the input statistics are fitted on those rows; ``none`` (the default) leaves the
+    features as they are."""
+    preset = tiny_preset()
+    preset["train"].update(epochs=1, warmup_epochs=0)
+    preset["inference"].update(min_length=0)     # an untrained model's intervals are short: keep every one
+    feats, ann = _toy_set()
+    d = feats["v"].shape[1]
+    video = feats["v"] * np.linspace(0.5, 20.0, d, dtype=np.float32) + np.linspace(-5.0, 100.0, d, dtype=np.float32)
+    med = np.median(video, 0)
+    mad = 1.4826 * np.median(np.abs(video - med), 0)
+    expect = {"none": video, "median": video - med, "robust": (video - med) / mad}
+    for how, want in expect.items():
+        p = dict(preset, model=dict(preset["model"], input_norm={"per_video": how}))
+        rows = prepare({"v": video}, ann, {"v": "s1"}, p).bank.video_rows("v").numpy()
+        assert np.allclose(rows, want, rtol=1e-4, atol=1e-4), how
+    # spot: a video shifted by a constant and scaled is the same video once normalised robustly
+    robust = dict(preset, model=dict(preset["model"], input_norm={"per_video": "robust"}))
+    model = build_model(robust, d).eval()
+    a = predict_video(model, video, robust, video="v")
+    b = predict_video(model, video * 3.0 + 7.0, robust, video="v")
+    pd.testing.assert_frame_equal(a, b, atol=1e-4)
+    plain = dict(preset, model=dict(preset["model"], input_norm={}))
+    assert len(a) and not predict_video(model, video * 3.0 + 7.0, plain, video="v").equals(a)
+    bad = dict(preset, model=dict(preset["model"], input_norm={"per_video": "mean"}))
+    with pytest.raises(ModelConfigError, match="per_video"):
+        build_model(bad, 3)
+
+
+def test_mean_outputs_averages_probabilities_not_logits() -> None:
+    l1, l2 = torch.logit(torch.tensor([[[0.9, 0.2]]])), torch.logit(torch.tensor([[[0.5, 0.2]]]))
+    d1, d2 = torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[3.0, 5.0]]])
+    logits, dists = mean_outputs([(l1, d1), (l2, d2)])
+    assert torch.allclose(torch.sigmoid(logits), torch.tensor([[[0.7, 0.2]]]), atol=1e-6)
+    assert torch.equal(dists, torch.tensor([[[2.0, 4.0]]]))
+    assert mean_outputs([(l1, d1)])[0] is l1                       # one model: its outputs as they are
+
+
+def test_an_ensemble_preset_trains_its_members_with_their_own_seeds_and_predicts_their_average(one_thread,
+                                                                                             tmp_path) -> None:
+    """``model.ensemble: 2``: member 0 is the single model of the same seed, member 1 another seed's; every
+    epoch's predictions and the saved model's (what spot loads) are the members' averaged outputs."""
+    preset = tiny_preset()
+    preset["train"].update(epochs=2, warmup_epochs=1, ema_decay=0.9)
+    preset["inference"]["min_length"] = 0
+    feats, ann = _toy_set()
+    prep = prepare(feats, ann, {"v": "s1"}, preset)
+    cfg = TrainRecipe.from_preset(preset, {"predict_from_epoch": 1})
+    train_idx, test_idx = np.arange(len(prep.train)), np.arange(len(prep.test))
+    single, single_preds, hist1 = train_model(prep, train_idx, preset, cfg, seed=3, test_idx=test_idx)
+    pair = copy.deepcopy(preset)
+    pair["model"]["ensemble"] = 2
+    model, preds, hist2 = train_model(prep, train_idx, pair, cfg, seed=3, test_idx=test_idx)
+    assert isinstance(model, IAENetEnsemble) and len(model.members) == 2 and hist1 == hist2
+    first, second = (m.state_dict() for m in model.members)
+    assert all(torch.equal(a, b) for a, b in zip(single.state_dict().values(), first.values()))
+    assert not all(torch.equal(a, b) for a, b in zip(first.values(), second.values()))
+    assert not preds.equals(single_preds)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, pair, {}, {})
+    loaded, _ = load_checkpoint(path)
+    assert isinstance(loaded, IAENetEnsemble)
+    spotted = predict_video(loaded, feats["v"], pair, video="v", epoch=2)
+    last = preds[preds.epoch == 2].drop(columns="epoch").reset_index(drop=True)
+    pd.testing.assert_frame_equal(spotted.reset_index(drop=True), last, atol=1e-5)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ModelConfigError, match="model.ensemble"):
+            build_model(dict(pair, model=dict(pair["model"], ensemble=bad)), 16)
