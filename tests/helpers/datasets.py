@@ -138,3 +138,12 @@ def samm_dataset(root: Path, release: str = "V2") -> dict:
     ]
     write_samm_xlsx(root / f"SAMM_LongVideos_{release}_Release.xlsx", rows)
     return {"n_frames": n, "rows": rows}
+
+
+def ingested_samm(workspace) -> None:
+    """A small SAMM-LV dataset (:func:`samm_dataset`) in ``workspace`` as preset ``samm`` (200 -> 30 fps,
+    grayscale), ingested: ready for the resample stage."""
+    samm_dataset(workspace.root / "data/raw/samm")
+    workspace.preset("samm", root="data/raw/samm", layout="samm", frames_dir="SAMM_longvideos",
+                     annotation_file="SAMM_LongVideos_V?_Release.xlsx", source_fps=200, target_fps=30, color=False)
+    workspace.run("ingest", "samm")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.params import assert_stage_refuses
-from helpers.datasets import samm_dataset
+from helpers.datasets import ingested_samm, samm_dataset
 
 from pipeline.core.params import load_dataset, stage_params
 from pipeline.errors import ConfigError
@@ -187,10 +187,7 @@ def test_inconsistent_tables_are_reported():
 
 
 def test_resample_stage(workspace):
-    samm_dataset(workspace.root / "data/raw/samm")
-    workspace.preset("samm", root="data/raw/samm", layout="samm", frames_dir="SAMM_longvideos",
-                     annotation_file="SAMM_LongVideos_V?_Release.xlsx", source_fps=200, target_fps=30, color=False)
-    workspace.run("ingest", "samm")
+    ingested_samm(workspace)
     workspace.run("resample", "samm")
     out = workspace.out("samm", "resample")
     videos = read_videos(out / "videos.csv").set_index("video")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers.datasets import samm_dataset
+from helpers.datasets import ingested_samm
 
 from pipeline.core.params import load_dataset, stage_params
 from pipeline.errors import ConfigError, InputError
@@ -239,10 +239,7 @@ def test_merge_params_and_refusals():
 
 def test_resample_stage_merges_under_per_dataset_params(workspace):
     """The stage: merge on (as samm_lv) writes merged tables with source_video; off (default) writes none."""
-    samm_dataset(workspace.root / "data/raw/samm")
-    workspace.preset("samm", root="data/raw/samm", layout="samm", frames_dir="SAMM_longvideos",
-                     annotation_file="SAMM_LongVideos_V?_Release.xlsx", source_fps=200, target_fps=30, color=False)
-    workspace.run("ingest", "samm")
+    ingested_samm(workspace)
     workspace.run("resample", "samm")
     out = workspace.out("samm", "resample")
     assert read_frames(out / "frames.csv").columns.tolist() == FRAME_COLUMNS
