@@ -10,7 +10,8 @@ from typing import Any
 
 from benchmarks.train_cost import model_seconds
 from pipeline.core.paths import DataPaths
-from pipeline.learning.timings import TIMINGS_FILE, read_timings
+from pipeline.io.jsonl import read_jsonl
+from pipeline.learning.timings import TIMINGS_FILE
 
 STAGE_UNITS: dict[str, tuple[str, str]] = {   # stage: (measured quantity, throughput name)
     "synth": ("source_frames", "frames_per_s"),
@@ -112,8 +113,8 @@ def timings_path(project: Path, dataset: str) -> Path:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The timing records in ``path`` (:func:`pipeline.learning.timings.read_timings`); none when it is missing."""
-    return read_timings(path) if path.is_file() else []
+    """The timing records in ``path`` (:func:`pipeline.io.jsonl.read_jsonl`); none when it is missing."""
+    return read_jsonl(path) if path.is_file() else []
 
 
 def keep_run_records(before: list[dict[str, Any]], path: Path, out: Path) -> None:

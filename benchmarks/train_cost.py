@@ -4,7 +4,7 @@ A model's training time follows its *window passes* (:func:`window_passes`), not
 training windows are the windows that hold an annotated interval, so their number grows with
 the intervals. ``benchmarks/e2e*.py`` extrapolates the train stage by them, and reads the
 seconds each model took from the stage's timing records (:func:`model_seconds`,
-:func:`pipeline.learning.timings.read_timings`).
+:func:`pipeline.io.jsonl.read_jsonl`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.learning.recipe import TrainRecipe
-from pipeline.learning.timings import read_timings
+from pipeline.io.jsonl import read_jsonl
 from pipeline.learning.windows import WindowSpec, make_test_windows, make_train_windows
 
 
@@ -51,5 +51,5 @@ def model_seconds(records: Iterable[Mapping[str, Any]] | str | Path) -> dict[str
     """{model (``fold_<subject>`` or ``final``): seconds it spent training} from the train stage's
     timing records (a list of them, or the path of a ``timings.jsonl``), in the order they ended."""
     if isinstance(records, (str, Path)):
-        records = read_timings(records)
+        records = read_jsonl(records)
     return {str(r["model"]): float(r["seconds"]) for r in records}

@@ -31,11 +31,12 @@ from pipeline.core.runner import ParallelParams, map_items
 from pipeline.core.stage import StageContext
 from pipeline.errors import InputError
 from pipeline.io.artifacts import PREDICTION_COLUMNS
+from pipeline.io.jsonl import append_jsonl
 from pipeline.io.tables import write_table
 from pipeline.learning.data import Prepared, load_inputs, prepare
 from pipeline.learning.loop import DvcLive, train_model
 from pipeline.learning.recipe import TrainRecipe, fold_seed
-from pipeline.learning.timings import append_timing, timing_record
+from pipeline.learning.timings import timing_record
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def train_fold(prep: Prepared, job: FoldJob, fold: str,
     seconds = time.perf_counter() - t0
     device = prep.bank.data.device
     log.info(MODEL_LOG, name, len(train_idx), seconds, device, hist[-1]["loss"])
-    append_timing(job.ctx.paths.train_timings, timing_record(name, len(train_idx), seconds, str(device), hist[-1]["loss"]))
+    append_jsonl(job.ctx.paths.train_timings, timing_record(name, len(train_idx), seconds, str(device), hist[-1]["loss"]))
     if fold != "final":
         preds.insert(1, "subject", fold)
         preds.insert(2, "fold", fold)

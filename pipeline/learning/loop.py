@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.iaenet import IAENet, IAENetEnsemble, build_model, ensemble_size, mean_outputs
+from models.iaenet import IAENet, IAENetEnsemble, ensemble_size, mean_outputs
 
 from pipeline.errors import ConfigError
 from pipeline.learning.data import Prepared
@@ -58,7 +58,7 @@ def train_model(prep: Prepared, train_idx: np.ndarray, preset: Mapping[str, Any]
     for j in range(k):
         s = member_seed(seed, j)
         torch.manual_seed(s)                 # the member's initial weights, then its dropout, from its seed
-        member = build_model(preset, prep.bank.width) if k == 1 else IAENet(prep.bank.width, preset)
+        member = IAENet(prep.bank.width, preset)
         model_j, hist = train_member(prep, member, train_idx, cfg, s, wins, outputs, on_epoch if j == 0 else None,
                                      desc if k == 1 else f"{desc} member {j}")
         scored.append(model_j)               # the module that predicted (with ema_decay: the weight average)

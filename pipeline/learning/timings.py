@@ -5,11 +5,11 @@
 Each record is ``{"model": "fold_<subject>" | "final", "windows": training windows,
 "seconds": training time, "device": str, "final_loss": last epoch's mean loss, "pid": the
 process that trained it}``. A model's record is appended as it ends, by whichever process
-trained it: one ``os.write`` of one line to a file opened with ``O_APPEND``, so records of
-fold processes running at once never interleave. The stage starts the file afresh at the
+trained it (:func:`pipeline.io.jsonl.append_jsonl`: one ``os.write`` of one line under ``O_APPEND``,
+so records of fold processes running at once never interleave). The stage starts the file afresh at the
 start of every run (:func:`start_timings`): it holds the records of the models the latest
 run trained, in the order they ended (models skipped as complete have none).
-``benchmarks/`` reads them back with :func:`read_timings`.
+``benchmarks/`` reads them back with :func:`pipeline.io.jsonl.read_jsonl`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-
-from pipeline.io.jsonl import append_jsonl, read_jsonl
 
 #: the suffix benchmarks give the records they keep of each run (``<log name>_timings.jsonl``)
 TIMINGS_FILE = "timings.jsonl"
@@ -37,12 +35,3 @@ def timing_record(model: str, windows: int, seconds: float, device: str, final_l
     return {"model": str(model), "windows": int(windows), "seconds": float(seconds), "device": str(device),
             "final_loss": float(final_loss), "pid": os.getpid()}
 
-
-def append_timing(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` as one line with a single ``os.write`` under ``O_APPEND`` (safe across processes)."""
-    append_jsonl(path, record)
-
-
-def read_timings(path: str | Path) -> list[dict[str, Any]]:
-    """The records of ``path`` in file order (blank lines skipped)."""
-    return read_jsonl(path)

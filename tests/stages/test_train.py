@@ -23,7 +23,8 @@ from pipeline.learning.data import load_inputs, prepare
 from pipeline.learning.params import TrainParams
 from pipeline.learning.presets import load_model_preset
 from pipeline.learning.recipe import fold_seed, lr_factor, model_recipe
-from pipeline.learning.timings import TIMING_KEYS, read_timings
+from pipeline.io.jsonl import append_jsonl, read_jsonl
+from pipeline.learning.timings import TIMING_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:   # benchmarks/ (the train stage's cost model) is imported from the repository root
@@ -112,7 +113,7 @@ def test_window_passes_count_the_windows_each_model_trains_and_predicts(workspac
     assert set(passes) == {"fold_s1", "fold_s2", "fold_s3", "final"}
     prep = prepare(features, annotations, subjects, preset)
     recorded = {r["model"]: r["windows"]
-                for r in read_timings(workspace.root / "data" / "tiny" / "train_timings.jsonl")}
+                for r in read_jsonl(workspace.root / "data" / "tiny" / "train_timings.jsonl")}
     for fold in ("s1", "s2", "s3"):
         n_train = int((prep.train_subject != fold).sum())
         n_test = int((prep.test_subject == fold).sum())
@@ -130,7 +131,7 @@ def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     timings = workspace.root / "data" / "tiny" / "train_timings.jsonl"
     # one timing record per model (benchmarks/ reads the seconds back), outside the runs output, and the log line
     assert not (runs / "timings.jsonl").exists()
-    records = read_timings(timings)
+    records = read_jsonl(timings)
     assert [r["model"] for r in records] == ["fold_s1", "fold_s2", "fold_s3", "final"]
     assert all(set(r) == set(TIMING_KEYS) and r["device"] == "cpu" and r["windows"] > 0 for r in records)
     compute = model_seconds(timings)
@@ -165,14 +166,14 @@ def test_stage_end_to_end(workspace, one_thread, caplog) -> None:
     mtime = (runs / "fold_s2" / "model.pt").stat().st_mtime_ns
     workspace.run("train", "tiny")
     assert (runs / "fold_s2" / "model.pt").stat().st_mtime_ns == mtime
-    assert read_timings(timings) == []                 # begun afresh: this run trained nothing
+    assert read_jsonl(timings) == []                 # begun afresh: this run trained nothing
     full = preds[preds.fold == "s3"].reset_index(drop=True)
     workspace.set_params("train", folds=["s3"], final_model=False)
     workspace.params["train"]["eval_batch_size"] = 7                  # changes the digest: fold s3 retrains
     workspace.save_params()
     workspace.run("train", "tiny")
     alone = pd.read_csv(runs / "predictions.csv", dtype={"subject": str, "fold": str, "video": str})
-    assert [r["model"] for r in read_timings(timings)] == ["fold_s3"]
+    assert [r["model"] for r in read_jsonl(timings)] == ["fold_s3"]
     assert set(alone.fold) == {"s3"}
     pd.testing.assert_frame_equal(alone.reset_index(drop=True), full, check_exact=False, rtol=1e-5)
 
@@ -255,7 +256,7 @@ def test_fold_processes_append_a_record_per_model(workspace, one_thread) -> None
     workspace.set_params("train", epochs=2, warmup_epochs=1, fold_workers=2)
     workspace.set_params("parallel", backend="loky", n_jobs=2)
     workspace.run("train", "tiny")
-    records = read_timings(workspace.root / "data" / "tiny" / "train_timings.jsonl")
+    records = read_jsonl(workspace.root / "data" / "tiny" / "train_timings.jsonl")
     assert sorted(r["model"] for r in records) == ["final", "fold_s1", "fold_s2", "fold_s3"]
     by_pid: dict[int, list[str]] = {}
     for r in records:
@@ -278,16 +279,16 @@ def test_timing_records_are_whole_lines_from_several_processes(tmp_path) -> None
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
-    records = read_timings(path)
+    records = read_jsonl(path)
     assert len(records) == 600 and {r["model"] for r in records} == {"fold_0", "fold_1", "fold_2"}
     assert len({r["pid"] for r in records}) == 3
     start_timings(path)
-    assert read_timings(path) == []
+    assert read_jsonl(path) == []
 
 
 def _append_many(path, model: str, n: int) -> None:
     """Append ``n`` records of ``model`` (run in a child process)."""
-    from pipeline.learning.timings import append_timing, timing_record
+    from pipeline.learning.timings import timing_record
 
     for i in range(n):
-        append_timing(path, timing_record(model, i, 0.5 * i, "cpu", 1.0 / (i + 1)))
+        append_jsonl(path, timing_record(model, i, 0.5 * i, "cpu", 1.0 / (i + 1)))
