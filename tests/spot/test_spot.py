@@ -446,7 +446,9 @@ def test_ground_truth_f1_is_printed_per_input_and_over_all(trained, spot30, tmp_
 def test_ctrl_c_prints_one_line_exits_130_and_leaves_no_half_written_output(trained, tmp_path):
     """A real ``m2es spot`` process gets SIGINT (to its process group, as Ctrl-C in a terminal) once it is
     cropping a new input."""
-    video = write_mp4(tmp_path / "fresh.mp4", decode_all(trained.mp4)[::-1].copy())   # new content: no cache
+    # new content (no cache), six times as long, so that flow and features still have seconds of work
+    # left when the signal comes, even when a busy machine lets this reader fall behind the process
+    video = write_mp4(tmp_path / "fresh.mp4", np.concatenate([decode_all(trained.mp4)[::-1]] * 6))
     out, cache = tmp_path / "out", tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "spot", str(video), "--model", str(trained.runs),
