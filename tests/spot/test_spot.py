@@ -453,7 +453,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_leaves_no_half_written_output(trai
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "spot", str(video), "--model", str(trained.runs),
                              "--out", str(out), "--cache-dir", str(cache)], cwd=trained.root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            # as in a terminal: a shell's background job (CI started with `&`) inherits SIGINT
+                            # ignored, and Python then installs no KeyboardInterrupt handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     try:
         while b"crop]" not in seen:             # tqdm's postfix: the crop stage has started
