@@ -1,14 +1,16 @@
-"""Whole-run summary: every stage's last duration per dataset, and the headline F1s (run after ``dvc repro``).
+"""Whole-run summary: every stage's last duration per dataset, and each dataset's F1s (stage `report`, `m2es summary`).
 
 Each stage run appends its duration to ``data/<ds>/stage_timings.jsonl``
 (:func:`pipeline.core.stage.record_stage_run`); this prints, for every dataset of
 ``params.yaml``, the last record of each stage with the time it finished (a stage DVC
-skipped shows its earlier run), the sum of those durations, and the headline F1s of
-``metrics/<ds>.json`` (cross-fold macro, micro, overall; paper-optimistic; the baseline's).
-It is a command rather than a DVC stage: a stage runs only when its inputs changed, so it
-could not print after a ``dvc repro`` that skipped everything, and a stage made to run always
-(``always_changed``) would keep ``dvc status`` from ever saying the pipeline is up to date.
-``m2es summary [--params params.yaml] [--data-root data]``.
+skipped shows its earlier run), the sum of those durations, and each dataset's F1s from
+``data/<ds>/evaluate/details.json`` (cross-fold macro, micro, overall under the default counting;
+paper-optimistic overall; the baseline's cross-fold overall; the reproduction code).
+``dvc repro`` prints it at the end through the last stage, ``report``, which depends on every
+dataset's ``metrics/<ds>.json``: it runs whenever an evaluation changed a headline, and a
+``dvc repro`` that skipped everything prints DVC's "up to date" instead (a stage made to run
+always, ``always_changed``, would keep ``dvc status`` from ever saying the pipeline is up to date).
+``m2es summary [--params params.yaml] [--data-root data]`` prints it at any time.
 """
 
 from __future__ import annotations
@@ -47,13 +49,24 @@ def cell(record: Mapping[str, Any] | None) -> str:
     return f"{mark}{record['seconds']:.1f} s ({when})"
 
 
-def headline(doc: Mapping[str, Any]) -> str:
-    """The F1s of ``metrics/<ds>.json`` (its ``f1`` block, :func:`pipeline.evaluate.headline`) on one line."""
-    f1 = doc["f1"]
-    if not isinstance(f1, Mapping) or not f1:
-        raise TypeError("'f1' is not a mapping of figures")
-    text = ", ".join(f"{name} {value:.4f}" for name, value in f1.items())
-    return text + (f" (reproduction {doc['reproduction']})" if doc.get("reproduction") else "")
+def figures(details: Mapping[str, Any]) -> str:
+    """One line of a dataset's F1s from its ``details.json`` (:mod:`pipeline.evaluate`): cross-fold macro,
+    micro and overall under the default counting, the paper-optimistic overall (under the published counting
+    when it ran, as the paper's Table 1), the baseline's cross-fold overall and the reproduction code.
+    A figure whose protocol did not run is left out."""
+    counting = details["default"]["counting"]
+    parts = []
+    cross = details[counting].get("cross-fold")
+    if cross:
+        parts.append(", ".join(f"{t} {cross[t]['f1']:.4f}" for t in ("macro", "micro", "overall")))
+    paper = details.get("published" if "published" in details["countings"] else counting, {}).get("paper-optimistic")
+    if paper:
+        parts.append(f"paper-optimistic {paper['overall']['f1']:.4f}")
+    base = (details.get("baseline") or {}).get("cross-fold")
+    if base:
+        parts.append(f"baseline {base['overall']['f1']:.4f}")
+    code = (details.get("reproduction") or {}).get("code")
+    return "; ".join(parts) + (f" (reproduction {code})" if code else "")
 
 
 def summary(params: Mapping[str, Any], data_root: Path) -> str:
@@ -70,16 +83,17 @@ def summary(params: Mapping[str, Any], data_root: Path) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["Last run of each stage (seconds, finished MM-DD HH:MM UTC; from data/<ds>/stage_timings.jsonl):"]
     lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append("F1 (metrics/<ds>.json; macro, micro, overall: cross-fold; paper: paper-optimistic; base: "
-                 "the non-learned baseline, cross-fold):")
+    lines.append("F1 (data/<ds>/evaluate/details.json; macro, micro, overall: cross-fold; paper-optimistic: an "
+                 "upper bound; baseline: the non-learned spotter, cross-fold):")
     for ds, p in paths.items():
-        if p.metrics.is_file():
+        path = p.evaluate / "details.json"
+        if path.is_file():
             try:
-                lines.append(f"  {ds}: {headline(json.loads(p.metrics.read_text()))}")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise M2esError(f"{p.metrics}: no headline F1 ({exc!r}). Rerun `dvc repro evaluate@{ds}`.") from exc
+                lines.append(f"  {ds}: {figures(json.loads(path.read_text()))}")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise M2esError(f"{path}: no F1 figures ({exc!r}). Rerun `dvc repro -s -f evaluate@{ds}`.") from exc
         else:
-            lines.append(f"  {ds}: no {p.metrics} yet (`dvc repro evaluate@{ds}`)")
+            lines.append(f"  {ds}: no {path} yet (`dvc repro evaluate@{ds}`)")
     return "\n".join(lines)
 
 

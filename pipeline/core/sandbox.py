@@ -26,7 +26,7 @@ def make_project(root: str | Path, dataset: str, preset: Mapping[str, Any],
     """Copy the pipeline to ``root`` with ``preset`` as the only dataset; ``params`` are merged into
     ``params.yaml`` (nested sections merge key by key) and ``per_dataset`` ({stage: {key: value}}) is
     the dataset's ``per_dataset`` entry (default: its entry in this repository's params.yaml, if any; every
-    stage of dvc.yaml gets a key, ``{}`` where none). Returns ``root``."""
+    per-dataset (foreach) stage of dvc.yaml gets a key, ``{}`` where none). Returns ``root``."""
     root = Path(root)
     for item in COPIED:
         src, dst = REPO / item, root / item
@@ -41,7 +41,8 @@ def make_project(root: str | Path, dataset: str, preset: Mapping[str, Any],
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     entries = merged.setdefault(PER_DATASET, {})
     own = entries.get(dataset) or {} if per_dataset is None else per_dataset   # a repository dataset keeps its own
-    entries[dataset] = {**{stage: {} for stage in stages}, **dict(own)}
+    per_stage = [stage for stage, body in stages.items() if "foreach" in body]   # not `report`: all datasets at once
+    entries[dataset] = {**{stage: {} for stage in per_stage}, **dict(own)}
     (root / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     (root / ".gitignore").write_text("/data/\n/metrics/\n")
     git = ["git", "-c", "user.name=m2es", "-c", "user.email=m2es@localhost.invalid"]

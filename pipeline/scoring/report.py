@@ -299,7 +299,7 @@ def summary_markdown(doc: Mapping[str, Any], per_subject: pd.DataFrame, default_
 
 def reproduction_markdown(block: Mapping[str, Any]) -> str:
     """One sentence: which published-protocol switches were on (``block``: details.json's ``reproduction``,
-    :func:`pipeline.scoring.caveats.reproduction`), the metrics file's code first."""
+    :func:`pipeline.scoring.caveats.reproduction`), its short code first."""
     def state(entry: Mapping[str, Any]) -> str:
         value = entry["value"]
         mark = {True: "published", False: "not published", None: "unknown"}[entry["published"]]
@@ -308,8 +308,8 @@ def reproduction_markdown(block: Mapping[str, Any]) -> str:
         return f"{'null' if value is None else str(value).lower()} ({mark})"
 
     parts = [f"`{name}` {state(entry)}" for name, entry in block.items() if name != "code"]
-    return (f"Published-protocol switches (docs/reproduce.md; `reproduction` {block['code']} in the metrics "
-            f"file): " + ", ".join(parts) + ".")
+    return (f"Published-protocol switches (docs/reproduce.md; code `{block['code']}`, as `m2es summary` prints it): "
+            + ", ".join(parts) + ".")
 
 
 def baseline_markdown(doc: Mapping[str, Any]) -> str:

@@ -126,7 +126,9 @@ def test_repository_per_dataset_covers_every_preset_and_every_tracked_stage() ->
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     presets = {p.stem for p in (REPO / "configs" / "datasets").glob("*.yaml")}
     assert set(params["per_dataset"]) == presets
-    for stage, body in stages.items():
+    per_dataset_stages = {stage: body for stage, body in stages.items() if "foreach" in body}
+    assert set(stages) - set(per_dataset_stages) == {"report"}   # the one stage over all datasets at once
+    for stage, body in per_dataset_stages.items():
         assert f"per_dataset.${{item}}.{stage}" in body["do"]["params"], stage
         listed = params["synth_datasets" if stage == "synth" else "datasets"]
         assert all(stage in params["per_dataset"][name] for name in listed), stage

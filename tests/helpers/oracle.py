@@ -171,7 +171,7 @@ def run_learning_chain(workspace: Any, model_preset: str, spec: OracleSpec = Ora
     current directory), then run the real ``train`` and ``evaluate`` stages on it with the model
     preset ``model_preset`` and its own recipe (every recipe key of params.yaml ``train`` null),
     on the CPU, LOSO folds only (no final model). Returns ``data/<name>/evaluate/details.json`` (every
-    figure; ``metrics/<name>.json`` holds only the headline).
+    figure; ``metrics/<name>.json`` holds only the headline: overall F1 and the baseline's).
 
     ``input_norm`` False runs the preset without its ``model.input_norm`` block (the workspace
     gets a copy of the preset without it): the oracle's signal is one channel per type at

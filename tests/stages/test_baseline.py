@@ -88,7 +88,7 @@ def test_evaluate_reports_the_baseline_beside_iaenet(tmp_path: Path, monkeypatch
     assert main(["--dataset", "toy"]) == 0   # no baseline: a warning, and no block
     details = tmp_path / "data" / "toy" / "evaluate" / "details.json"
     assert "baseline" not in json.loads(details.read_text())
-    assert "base" not in json.loads((tmp_path / "metrics" / "toy.json").read_text())["f1"]
+    assert json.loads((tmp_path / "metrics" / "toy.json").read_text()) == {"toy": {"f1": 1.0}}
     assert "non-learned baseline" not in (tmp_path / "data" / "toy" / "evaluate" / "summary.md").read_text()
 
     base = tmp_path / "data" / "toy" / "baseline"
@@ -111,7 +111,7 @@ def test_evaluate_reports_the_baseline_beside_iaenet(tmp_path: Path, monkeypatch
     assert (paper["micro"]["tp"], paper["micro"]["fp"], paper["micro"]["fn"]) == (1, 0, 2)
     assert set(block["cross-fold"]["overall"]) >= {"f1", "precision", "recall", "tp", "fp", "fn"}
     headline = json.loads((tmp_path / "metrics" / "toy.json").read_text())
-    assert headline["f1"]["base"] == block["cross-fold"]["overall"]["f1"]   # the headline's baseline figure
+    assert headline["toy"]["base"] == block["cross-fold"]["overall"]["f1"]   # the headline's baseline figure
     assert doc["one-to-one"]["paper-optimistic"]["overall"]["f1"] == 1.0   # IAENet's numbers are untouched
     summary = (tmp_path / "data" / "toy" / "evaluate" / "summary.md").read_text()
     assert "## IAENet beside a non-learned baseline (one-to-one)" in summary

@@ -195,7 +195,7 @@ def test_another_data_root_keeps_the_metrics_inside_it(tmp_path: Path, monkeypat
     _make_dataset(tmp_path)
     (tmp_path / "data").rename(tmp_path / "elsewhere")
     assert main(["--dataset", "toy", "--data-root", "elsewhere"]) == 0
-    assert json.loads((tmp_path / "elsewhere" / "metrics" / "toy.json").read_text())["f1"]["overall"] == 1.0
+    assert json.loads((tmp_path / "elsewhere" / "metrics" / "toy.json").read_text())["toy"]["f1"] == 1.0
     assert not (tmp_path / "metrics").exists()
 
 

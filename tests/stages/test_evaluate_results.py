@@ -59,16 +59,15 @@ def test_headline_is_small_and_details_keep_every_figure(tmp_path: Path, monkeyp
     out = _run(tmp_path, provenance=RANDOM_I3D)
     text = (tmp_path / "metrics" / "toy.json").read_text()
     head = json.loads(text)
-    # cross-fold under one-to-one; paper-optimistic overall under the published counting (the duplicate: 14/13)
-    assert head == {"f1": {"macro": 1.0, "micro": 1.0, "overall": 1.0, "paper": round(14 / 13, 6)},
-                    "reproduction": "pub:map+len+jpg"}   # layout generic: wbf_from_epoch has no published value
-    assert len(text) < 300 and str(tmp_path) not in text
+    assert head == {"toy": {"f1": 1.0}}   # cross-fold overall, one-to-one; no baseline ran
+    assert len(text) < 100 and str(tmp_path) not in text
     details = json.loads((out / "details.json").read_text())
     assert set(details) == OLD_KEYS | {"features", "reproduction", "caveats"}
-    assert details["one-to-one"]["cross-fold"]["overall"]["f1"] == head["f1"]["overall"]
-    assert details["published"]["paper-optimistic"]["overall"]["f1"] == head["f1"]["paper"]
+    assert details["one-to-one"]["cross-fold"]["overall"]["f1"] == head["toy"]["f1"]
+    # paper-optimistic overall under the published counting (the duplicate: 14/13): details only
+    assert details["published"]["paper-optimistic"]["overall"]["f1"] == round(14 / 13, 6)
     repro = details["reproduction"]
-    assert repro["code"] == head["reproduction"]
+    assert repro["code"] == "pub:map+len+jpg"   # layout generic: wbf_from_epoch has no published value
     assert repro["resample.interval_map"] == {"value": "published", "published": True}
     assert repro["inference.nms_ties"] == {"value": "earlier", "published": False}
     search = repro["evaluate.paper_search"]
@@ -208,41 +207,55 @@ def _git_dvc(root: Path, *args: str, env: dict | None = None) -> subprocess.Comp
 
 @pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None, reason="needs dvc and git")
 def test_dvc_shows_the_metrics_in_120_columns(tmp_path: Path, monkeypatch) -> None:
-    """The longest preset name, a baseline, a checkpoint: `dvc metrics show`, `dvc metrics diff` against the
-    committed file and `dvc exp show --only-changed` all fit in 120 columns (`--md` adds 3 characters a
-    column: 124 with this name, rendered anyway)."""
-    name = "synth_casme2_large"
+    """Two datasets, the longest preset name among them, a baseline, a checkpoint, and a saved experiment that
+    trains longer (`dvc exp run -S train.epochs=30`) and changes both datasets' F1:
+    `dvc metrics show`, `dvc metrics diff` against the committed files and `dvc exp show --only-changed`
+    all fit in 120 columns with no column collapsed. (DVC prefixes a column with its file's path when two
+    files share a key: per-dataset files with the same keys made `metrics/<ds>.json:f1.overall`-wide
+    columns, five per dataset.)"""
+    names = ("synth_casme2_large", "synth_samm")
     monkeypatch.chdir(tmp_path)
-    out = _run(tmp_path, name=name, provenance=RANDOM_I3D)
-    base = tmp_path / "data" / name / "baseline"
+    out = _run(tmp_path, name=names[0], provenance=RANDOM_I3D)
+    base = tmp_path / "data" / names[0] / "baseline"
     base.mkdir()
     _predictions().assign(epoch=0).to_csv(base / "predictions.csv", index=False)
-    assert main(["--dataset", name]) == 0
-    assert "base" in json.loads((tmp_path / "metrics" / f"{name}.json").read_text())["f1"]
+    shutil.copytree(tmp_path / "data" / names[0], tmp_path / "data" / names[1])
+    shutil.copy(tmp_path / "configs" / "datasets" / f"{names[0]}.yaml", tmp_path / "configs" / "datasets" / f"{names[1]}.yaml")
+    recipe = {"train": {"epochs": 8}}   # params.yaml's key path (evaluate does not read it)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    for name in names:
+        assert main(["--dataset", name]) == 0
+        assert json.loads((tmp_path / "metrics" / f"{name}.json").read_text()) == {name: {"f1": 1.0, "base": 0.666667}}
     env = {**os.environ, "COLUMNS": "120", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     (tmp_path / ".gitignore").write_text("/data/\n")
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"evaluate": {
-        "cmd": f"python -m pipeline.evaluate --dataset {name}",
-        "metrics": [{f"metrics/{name}.json": {"cache": False}}]}}}))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {f"evaluate_{name}": {
+        "cmd": f"python -m pipeline.evaluate --dataset {name}", "params": [{"recipe.yaml": ["train"]}],
+        "metrics": [{f"metrics/{name}.json": {"cache": False}}]} for name in names}}))
     _git_dvc(tmp_path, "git", "init", "-q", env=env)
     _git_dvc(tmp_path, "dvc", "init", "-q", env=env)
     _git_dvc(tmp_path, "git", "add", "-A", env=env)
     _git_dvc(tmp_path, "git", "commit", "-qm", "metrics", env=env)
-    # another experiment: m2es's tie-break and a fixed threshold change some figures
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["evaluate"]["cross_fold_ties"] = "middle"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    _checkpoint(tmp_path / "data" / name / "runs", RANDOM_I3D, inference={**CPU_INFERENCE, "nms_ties": "later"})
-    assert main(["--dataset", name]) == 0
+    # another experiment: more epochs for one dataset, and models that miss subject A's micro-expression
+    recipe["train"]["epochs"] = 30
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    for name in names:
+        pred = _predictions()
+        pred[~((pred["video"] == "vA") & (pred["type"] == "micro"))].to_csv(
+            tmp_path / "data" / name / "runs" / "predictions.csv", index=False)
+        assert main(["--dataset", name]) == 0
+        assert json.loads((tmp_path / "metrics" / f"{name}.json").read_text())[name]["f1"] < 1.0
+    _git_dvc(tmp_path, "dvc", "exp", "save", "-q", "-n", "more-epochs", env=env)
     shown = {
         "metrics show": _git_dvc(tmp_path, "dvc", "metrics", "show", env=env).stdout,
-        "metrics diff": _git_dvc(tmp_path, "dvc", "metrics", "diff", env=env).stdout,
+        "metrics diff": _git_dvc(tmp_path, "dvc", "metrics", "diff", "HEAD", "more-epochs", env=env).stdout,
         "exp show": _git_dvc(tmp_path, "dvc", "exp", "show", "--only-changed", "--no-pager", env=env).stdout,
     }
-    assert f"metrics/{name}.json" in shown["metrics show"] and "f1.overall" in shown["metrics show"]
-    assert "reproduction" in shown["metrics diff"]   # pub:...+nms... against the committed pub:...
-    assert "reproduction" in shown["exp show"] and "…" not in shown["exp show"]   # no column collapsed
+    for name in names:
+        assert f"metrics/{name}.json" in shown["metrics show"] and f"{name}.f1" in shown["metrics show"]
+        assert f"{name}.f1" in shown["metrics diff"] and f"{name}.f1" in shown["exp show"]
+    assert "train.epochs" in shown["exp show"] and "more-epochs" in shown["exp show"]
+    assert "…" not in shown["exp show"]   # no column collapsed
     for what, text in shown.items():
         wide = [line for line in text.splitlines() if len(line) > 120]
         assert not wide, f"dvc {what}: {len(wide)} line(s) over 120 characters:\n" + "\n".join(wide)

@@ -49,7 +49,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the repository with one tiny synthetic dataset, after a full `dvc repro`."""
     root = make_project(tmp_path_factory.mktemp("project"), DS, TINY_PRESET, {"parallel": {"n_jobs": 2}},
                         tiny_per_dataset())
-    dvc(root, "repro")
+    proc = dvc(root, "repro")
+    (root / "repro.log").write_text(proc.stdout)   # for the checks on what `dvc repro` printed
     return root
 
 
@@ -69,7 +70,7 @@ def test_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
     assert (base / "runs" / "predictions.csv").is_file()
     assert (base / "runs" / "final" / "model.pt").is_file()
     metrics = yaml.safe_load((project / "metrics" / f"{DS}.json").read_text())
-    assert set(metrics) == {"f1", "reproduction"} and {"macro", "micro", "overall", "paper"} <= set(metrics["f1"])
+    assert set(metrics) == {DS} and set(metrics[DS]) == {"f1", "base"}
     details = yaml.safe_load((base / "evaluate" / "details.json").read_text())
     assert {"cross-fold", "paper-optimistic", "fixed"} <= set(details["one-to-one"])
     assert details["features"]["backbone"] is not None   # read from the train stage's checkpoints
@@ -77,6 +78,19 @@ def test_repro_runs_every_stage_and_writes_metrics(project: Path) -> None:
     assert f"metrics/{DS}.json" in shown.stdout
     assert max(len(line) for line in shown.stdout.splitlines()) <= 120
     assert dvc(project, "status").stdout.strip().endswith("up to date.")
+
+
+def test_repro_ends_with_the_whole_run_summary(project: Path) -> None:
+    """The last stage, `report`, prints every stage's duration and the F1s (issue #25 §5); a second
+    `dvc repro` finds nothing to do, reruns nothing (the report included) and leaves `dvc status` clean."""
+    log = (project / "repro.log").read_text()
+    assert _stages_run(subprocess.CompletedProcess([], 0, log, ""))[-1] == "report"
+    summary = log[log.index("Running stage 'report'"):]
+    assert "Last run of each stage" in summary and f"  {DS}: macro " in summary
+    for stage in ("synth", "crop", "flow", "features", "train", "evaluate"):
+        assert any(line.strip().startswith(stage + " ") and " s (" in line for line in summary.splitlines()), stage
+    again = dvc(project, "repro")
+    assert _stages_run(again) == [] and "Last run of each stage" not in again.stdout
 
 
 def test_single_stage_reruns_alone(project: Path) -> None:

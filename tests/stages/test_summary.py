@@ -31,7 +31,7 @@ def test_stage_runs_are_recorded_and_summarised(tmp_path: Path, monkeypatch, cap
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.strip().startswith("evaluate"))
     assert " s (" in row and "FAILED" not in row
-    assert "toy: macro 1.0000, micro 1.0000, overall 1.0000" in out
+    assert "toy: macro 1.0000, micro 1.0000, overall 1.0000; paper-optimistic 1.0769 (reproduction " in out
 
     # a failed run is recorded too (it is the last run now), a misspelt dataset leaves no folder behind
     assert evaluate(["--dataset", "toy", "--params", "missing.yaml"]) == 2
@@ -46,9 +46,9 @@ def test_stage_runs_are_recorded_and_summarised(tmp_path: Path, monkeypatch, cap
     assert "FAILED" in next(line for line in capsys.readouterr().out.splitlines()
                             if line.strip().startswith("evaluate"))
 
-    (tmp_path / "metrics" / "toy.json").write_text(json.dumps({"dataset": "toy"}))   # no f1 block
+    (tmp_path / "data" / "toy" / "evaluate" / "details.json").write_text(json.dumps({"dataset": "toy"}))   # no F1
     assert m2es(["summary"]) == 2
-    assert "metrics/toy.json: no headline F1" in capsys.readouterr().err
+    assert "data/toy/evaluate/details.json: no F1 figures" in capsys.readouterr().err
 
 
 def test_timing_records_are_in_no_dvc_output_and_ignored_by_git() -> None:
