@@ -17,6 +17,9 @@
 #   later calls (items 1, 2 and 5, once their kernel work lands; carry .whl .whl_cv):
 #                                                  bash benchmarks/gpu_next.sh kernels
 #       TV-L1 (OpenCV on 1 core and all cores, the Triton kernel at batch 4096) and I3D (both streams, each alone)
+#   item 5 (after call 1 on the same warm machine, which keeps .m68a in /tmp/m68p; carry .whl .m68b):
+#                                                  bash benchmarks/gpu_next.sh cpu
+#       the flow stage's OpenCV path on all 16 cores against one core (benchmarks/bench_flow_cpu.py, ~4 min)
 #
 # Results: $OUT/steps.txt (each step's exit code and seconds), $OUT/*.json, $OUT/*.log.
 set -u
@@ -26,5 +29,6 @@ case "${1:-}" in
   2) STEPS="memcap e2e" WHEELS=".whl3 .whl4" T_MEMCAP=160 T_E2E=400 E2E_CALIBRATE=0 \
        E2E_SCALE="--subjects 12 --videos-per-subject 2 --duration-s 87" exec bash benchmarks/gpu_session.sh ;;
   kernels) STEPS="flow features" WHEELS=".whl .whl_cv" T_FLOW=240 T_FEAT=220 exec bash benchmarks/gpu_session.sh ;;
-  *) echo "usage: bash benchmarks/gpu_next.sh 1 | 2 | kernels (see the comments at the top)" >&2; exit 2 ;;
+  cpu) STEPS="flowcpu" WHEELS=".whl" T_FLOWCPU=420 exec bash benchmarks/gpu_session.sh ;;
+  *) echo "usage: bash benchmarks/gpu_next.sh 1 | 2 | kernels | cpu (see the comments at the top)" >&2; exit 2 ;;
 esac

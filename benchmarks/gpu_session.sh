@@ -98,6 +98,10 @@ for s in $STEPS; do
             --out "$OUT/bench_flow.json" ;;
     features) step features_bench "$T_FEAT" python3 benchmarks/bench_features.py --quick \
                 --out "$OUT/bench_features.json" ;;
+    # issue #24 item 5: the flow stage's OpenCV path on every core against one core (the real stages in a sandbox)
+    flowcpu) landmarks || continue
+             step flow_cpu "${T_FLOWCPU:-300}" python3 -m benchmarks.bench_flow_cpu --workdir /tmp/bench_flow_cpu \
+               --out "$OUT/bench_flow_cpu.json" ;;
     # --diagnose: each stream also from videos resident in host memory and with 1 and 3 batches in flight
     # FEAT_EXTRA: more bench_features options, e.g. --space-to-depth (the stem rewrite, profiled by `profile`)
     features_compile) step features_compile "$T_FEAT" python3 benchmarks/bench_features.py --quick --compile \
