@@ -6,11 +6,14 @@ Each stage run appends its duration to ``data/<ds>/stage_timings.jsonl``
 skipped shows its earlier run), the sum of those durations, and each dataset's F1s from
 ``data/<ds>/evaluate/details.json`` (cross-fold macro, micro, overall under the default counting;
 paper-optimistic overall; the baseline's cross-fold overall; the reproduction code).
-``dvc repro`` prints it at the end through the last stage, ``report``, which depends on every
-dataset's ``metrics/<ds>.json``: it runs whenever an evaluation changed a headline, and a
-``dvc repro`` that skipped everything prints DVC's "up to date" instead (a stage made to run
-always, ``always_changed``, would keep ``dvc status`` from ever saying the pipeline is up to date).
-``m2es summary [--params params.yaml] [--data-root data]`` prints it at any time.
+``dvc repro`` prints it at the end through the last stage, ``report``
+(``python -m pipeline.summary --write data/report.txt``), which depends on every dataset's
+``metrics/<ds>.json`` and writes the F1 lines to ``data/report.txt``: it runs whenever an evaluation
+changed a headline or that file is missing (a fresh clone, whose committed metrics and dvc.lock
+already match), and a ``dvc repro`` that skipped everything prints DVC's "up to date" instead (a
+stage made to run always, ``always_changed``, would keep ``dvc status`` from ever saying the pipeline
+is up to date). The file holds no times, so a rerun writes the same bytes and leaves dvc.lock as it is.
+``m2es summary [--params params.yaml] [--data-root data]`` prints the summary at any time.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pipeline.cli import STAGES
 from pipeline.core.params import load_params
 from pipeline.core.paths import DataPaths
 from pipeline.errors import M2esError
+from pipeline.io.atomic import write_text
 from pipeline.io.jsonl import read_jsonl
 
 
@@ -69,22 +73,29 @@ def figures(details: Mapping[str, Any]) -> str:
     return "; ".join(parts) + (f" (reproduction {code})" if code else "")
 
 
-def summary(params: Mapping[str, Any], data_root: Path) -> str:
-    """The summary table and F1 lines for every dataset of ``params``."""
-    datasets = list(dict.fromkeys([*(params.get("synth_datasets") or []), *(params.get("datasets") or [])]))
-    if not datasets:
-        return "m2es summary: params.yaml lists no datasets."
-    paths = {ds: DataPaths(ds, data_root) for ds in datasets}
+def dataset_paths(params: Mapping[str, Any], data_root: Path) -> dict[str, DataPaths]:
+    """Every dataset of ``params`` (``synth_datasets``, then ``datasets``, once each) and its paths."""
+    datasets = dict.fromkeys([*(params.get("synth_datasets") or []), *(params.get("datasets") or [])])
+    return {ds: DataPaths(ds, data_root) for ds in datasets}
+
+
+def timing_lines(paths: Mapping[str, DataPaths]) -> list[str]:
+    """The table of each stage's last run per dataset (and the totals)."""
     runs = {ds: last_runs(p.stage_timings) for ds, p in paths.items()}
-    rows = [["stage", *datasets]]
-    rows += [[stage, *(cell(runs[ds].get(stage)) for ds in datasets)] for stage in STAGES
-             if any(stage in runs[ds] for ds in datasets)]
-    rows.append(["total", *(f"{sum(r['seconds'] for r in runs[ds].values()):.1f} s" for ds in datasets)])
+    rows = [["stage", *paths]]
+    rows += [[stage, *(cell(runs[ds].get(stage)) for ds in paths)] for stage in STAGES
+             if any(stage in runs[ds] for ds in paths)]
+    rows.append(["total", *(f"{sum(r['seconds'] for r in runs[ds].values()):.1f} s" for ds in paths)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["Last run of each stage (seconds, finished MM-DD HH:MM UTC; from data/<ds>/stage_timings.jsonl):"]
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append("F1 (data/<ds>/evaluate/details.json; macro, micro, overall: cross-fold; paper-optimistic: an "
-                 "upper bound; baseline: the non-learned spotter, cross-fold):")
+    return lines + ["  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def f1_lines(paths: Mapping[str, DataPaths]) -> list[str]:
+    """Each dataset's F1s (:func:`figures`): nothing machine- or time-dependent, so the ``report`` stage's
+    output (these lines) is the same bytes on every rerun of the same results."""
+    lines = ["F1 (data/<ds>/evaluate/details.json; macro, micro, overall: cross-fold; paper-optimistic: an "
+             "upper bound; baseline: the non-learned spotter, cross-fold):"]
     for ds, p in paths.items():
         path = p.evaluate / "details.json"
         if path.is_file():
@@ -94,7 +105,15 @@ def summary(params: Mapping[str, Any], data_root: Path) -> str:
                 raise M2esError(f"{path}: no F1 figures ({exc!r}). Rerun `dvc repro -s -f evaluate@{ds}`.") from exc
         else:
             lines.append(f"  {ds}: no {path} yet (`dvc repro evaluate@{ds}`)")
-    return "\n".join(lines)
+    return lines
+
+
+def summary(params: Mapping[str, Any], data_root: Path) -> str:
+    """The summary table and F1 lines for every dataset of ``params``."""
+    paths = dataset_paths(params, data_root)
+    if not paths:
+        return "m2es summary: params.yaml lists no datasets."
+    return "\n".join(timing_lines(paths) + f1_lines(paths))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,9 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="m2es summary", description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ap.add_argument("--data-root", default="data", help="where stage outputs are (default: data)")
+    ap.add_argument("--write", metavar="FILE", help="also write the F1 lines to FILE (the report stage's output)")
     args = ap.parse_args(argv)
     try:
-        print(summary(load_params(args.params), Path(args.data_root)))
+        params = load_params(args.params)
+        print(summary(params, Path(args.data_root)))
+        if args.write:
+            write_text(args.write, "\n".join(f1_lines(dataset_paths(params, Path(args.data_root)))) + "\n")
     except M2esError as exc:
         print(f"m2es summary: {exc}", file=sys.stderr)
         return 2

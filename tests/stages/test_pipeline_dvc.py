@@ -91,6 +91,14 @@ def test_repro_ends_with_the_whole_run_summary(project: Path) -> None:
         assert any(line.strip().startswith(stage + " ") and " s (" in line for line in summary.splitlines()), stage
     again = dvc(project, "repro")
     assert _stages_run(again) == [] and "Last run of each stage" not in again.stdout
+    # a fresh clone: committed metrics and dvc.lock already match, only the report's file is missing
+    report = project / "data" / "report.txt"
+    written, lock = report.read_text(), (project / "dvc.lock").read_bytes()
+    assert f"  {DS}: macro " in written and " s (" not in written   # F1 lines, no times
+    report.unlink()
+    fresh = dvc(project, "repro")
+    assert _stages_run(fresh) == ["report"] and "Last run of each stage" in fresh.stdout
+    assert report.read_text() == written and (project / "dvc.lock").read_bytes() == lock
 
 
 def test_single_stage_reruns_alone(project: Path) -> None:
