@@ -108,14 +108,6 @@ def f1_lines(paths: Mapping[str, DataPaths]) -> list[str]:
     return lines
 
 
-def summary(params: Mapping[str, Any], data_root: Path) -> str:
-    """The summary table and F1 lines for every dataset of ``params``."""
-    paths = dataset_paths(params, data_root)
-    if not paths:
-        return "m2es summary: params.yaml lists no datasets."
-    return "\n".join(timing_lines(paths) + f1_lines(paths))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the summary; exit 2 with a message on an unreadable params, records or metrics file."""
     ap = argparse.ArgumentParser(prog="m2es summary", description=__doc__.split("\n")[0])
@@ -124,10 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--write", metavar="FILE", help="also write the F1 lines to FILE (the report stage's output)")
     args = ap.parse_args(argv)
     try:
-        params = load_params(args.params)
-        print(summary(params, Path(args.data_root)))
+        paths = dataset_paths(load_params(args.params), Path(args.data_root))
+        f1 = f1_lines(paths)   # read once: printed, and the report stage's file
+        print("\n".join(timing_lines(paths) + f1) if paths else "m2es summary: params.yaml lists no datasets.")
         if args.write:
-            write_text(args.write, "\n".join(f1_lines(dataset_paths(params, Path(args.data_root)))) + "\n")
+            write_text(args.write, "\n".join(f1) + "\n")
     except M2esError as exc:
         print(f"m2es summary: {exc}", file=sys.stderr)
         return 2
