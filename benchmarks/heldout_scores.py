@@ -26,10 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,28 +48,31 @@ AWAY_STEPS = 6        # noise steps: at least this many feature steps away from 
 GOOD_SCORE = 0.45     # the share of intervals with a proposal at least this good is reported
 
 
-def found_keys(base: Path) -> set[tuple[str, int]]:
+def missed_keys(base: Path) -> set[tuple[str, int]]:
     """(video, onset) of the GT intervals the cross-fold evaluation missed (``errors.csv`` FN rows)."""
     errors = pd.read_csv(base / "evaluate" / "errors.csv")
     return {(str(r.video), int(r.onset)) for r in errors.itertuples() if r.error == "FN"}
 
 
-def interval_snr(base: Path, raw_truth: Path, ann: pd.DataFrame, kind: str) -> list[dict[str, Any]]:
-    """Per interval of type ``kind``: its regions' peak magnitude in robust noise units, per roi_flow dataset."""
+def interval_snr(base: Path, raw_truth: Path, ann: pd.DataFrame, kind: str,
+                 features: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per interval of type ``kind``: its regions' peak magnitude in robust noise units, per roi_flow dataset.
+    ``features``: video -> :func:`read_features` (rgb then flow columns, and the file's attrs)."""
     truth = pd.read_csv(raw_truth)
     regions_of = {(str(r.video), int(r.onset)): str(r.regions) for r in truth.itertuples()}
-    missed = found_keys(base)
+    missed = missed_keys(base)
     out = []
     for video, rows in ann.groupby("video"):
-        with h5py.File(base / "features" / f"{video}.h5", "r") as f:
-            names, stats = json.loads(f.attrs["roi_regions"]), json.loads(f.attrs["roi_stats"])
-            data = {s: f[s][()] for s in ("rgb", "flow")}
-        steps = len(data["rgb"])
+        feats, attrs = features[video]
+        names, stats, dim = attrs["roi_regions"], attrs["roi_stats"], int(attrs["dim"])
+        stride, clip = int(attrs["stride"]), int(attrs["clip"])   # clip i covers fields [stride*i, stride*i + clip)
+        data = {"rgb": feats[:, :dim], "flow": feats[:, dim:]}
+        steps = len(feats)
         quiet = np.ones(steps, bool)
         for r in rows.itertuples():
-            quiet[max(0, int(r.onset) // 2 - AWAY_STEPS): int(r.offset) // 2 + AWAY_STEPS] = False
+            quiet[max(0, int(r.onset) // stride - AWAY_STEPS): int(r.offset) // stride + AWAY_STEPS] = False
         for r in rows[rows["type"] == kind].itertuples():
-            clips = [i for i in range(steps) if 2 * i <= r.offset and 2 * i + 8 > r.onset]
+            clips = [i for i in range(steps) if stride * i <= r.offset and stride * i + clip > r.onset]
             key = (str(video), int(r.source_onset)) if "source_onset" in rows else (str(video), int(r.onset))
             cols = [names.index(n) * len(stats) + stats.index("mag")
                     for g in regions_of.get(key, "").split("+") for n in GENERATOR_REGIONS.get(g, ())]
@@ -96,10 +97,9 @@ def best_proposal(pred: pd.DataFrame, onset: int, offset: int, kind: str) -> flo
     return float(p["score"].to_numpy()[ok].max()) if ok.any() else 0.0
 
 
-def fold_scores(base: Path, ann: pd.DataFrame) -> list[dict[str, Any]]:
+def fold_scores(base: Path, ann: pd.DataFrame, feats: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Per fold model and GT interval: its best unsuppressed proposal, on training or held-out videos."""
     subject = dict(zip(ann["video"], ann["subject"].astype(str)))
-    feats = {p.stem: read_features(p)[0] for p in sorted((base / "features").glob("*.h5"))}
     out = []
     for fold_dir in sorted((base / "runs").glob("fold_*")):
         fold = fold_dir.name.split("_", 1)[1]
@@ -120,12 +120,12 @@ def main() -> None:
     ap.add_argument("--type", default="micro", choices=("macro", "micro"))
     ap.add_argument("--root", default=".", help="the project folder (its data/ holds the finished run)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     root = Path(args.root)
     base = root / "data" / args.dataset
     ann = read_annotations(base / "resample" / "annotations.csv")
-    snr = interval_snr(base, root / "data" / "raw" / args.dataset / "ground_truth.csv", ann, args.type)
-    scores = pd.DataFrame(fold_scores(base, ann))
+    features = {p.stem: read_features(p) for p in sorted((base / "features").glob("*.h5"))}
+    snr = interval_snr(base, root / "data" / "raw" / args.dataset / "ground_truth.csv", ann, args.type, features)
+    scores = pd.DataFrame(fold_scores(base, ann, {v: x for v, (x, _) in features.items()}))
     result: dict[str, Any] = {"dataset": args.dataset, "type": args.type, "snr": {}, "scores": {}}
     for found in (True, False):
         sub = [r for r in snr if r["found"] is found]
